@@ -1,0 +1,55 @@
+"""tinylm.core: registered components, LLaMA/GPT architectures, TinyLM, checkpoints and HF interop.
+
+from tinylm.core import TinyLM
+model = TinyLM(vocab_size=256, architecture="llama", dim=128, n_layers=4, n_heads=4)
+"""
+
+from tinylm.core import components  # noqa: F401  (fills the registries)
+from tinylm.core.cache import Cache, StandardCache
+from tinylm.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tinylm.core.config import (
+    SIZE_PRESETS,
+    ArchitectureConfig,
+    ModelConfig,
+    get_architecture,
+    register_architecture,
+)
+from tinylm.core.hf import from_hf, to_hf
+from tinylm.core.model import LMOutput, TinyLM
+from tinylm.core.registry import (
+    ACTIVATIONS,
+    ARCHITECTURES,
+    ATTENTION_BACKENDS,
+    BLOCKS,
+    MLPS,
+    NORMS,
+    POSITIONALS,
+    Registry,
+    UnknownNameError,
+)
+
+__all__ = [
+    "ACTIVATIONS",
+    "ARCHITECTURES",
+    "ATTENTION_BACKENDS",
+    "BLOCKS",
+    "MLPS",
+    "NORMS",
+    "POSITIONALS",
+    "SIZE_PRESETS",
+    "ArchitectureConfig",
+    "Cache",
+    "CheckpointError",
+    "LMOutput",
+    "ModelConfig",
+    "Registry",
+    "StandardCache",
+    "TinyLM",
+    "UnknownNameError",
+    "from_hf",
+    "get_architecture",
+    "load_checkpoint",
+    "register_architecture",
+    "save_checkpoint",
+    "to_hf",
+]
