@@ -12,7 +12,9 @@ def rms_norm_f64(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 7), (2, 5, 33), (4, 129), (2, 3, 4, 1000)])
-@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)])
+@pytest.mark.parametrize(
+    ("dtype", "tol"), [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)]
+)
 def test_matches_float64(shape, dtype, tol):
     g = torch.Generator().manual_seed(sum(shape))
     x = (torch.randn(shape, generator=g) * 3 + 0.5).to(dtype)

@@ -1,9 +1,10 @@
 """RMSNorm: ``y = x / sqrt(mean(x^2, -1) + eps) * weight`` (Zhang & Sennrich, 2019, arXiv 1910.07467).
 
-The statistics are computed in at least float32 whatever the input dtype, then the normalised activations are cast
-back to the input dtype before the weight is applied (the LLaMA / Hugging Face convention), so the
-reference matches ``LlamaRMSNorm`` exactly. This module holds the plain-PyTorch reference, which is the
-``torch`` backend, the fallback, and the test oracle for the CUDA and Triton backends.
+The statistics are computed in at least float32 whatever the input dtype, then the normalised
+activations are cast back to the input dtype before the weight is applied (the LLaMA / Hugging Face
+convention), so the reference matches ``LlamaRMSNorm`` exactly. This module holds the plain-PyTorch
+reference, which is the ``torch`` backend, the fallback, and the test oracle for the CUDA and Triton
+backends.
 """
 
 from __future__ import annotations
