@@ -1,0 +1,1 @@
+"""tinylm.dist: training at any scale (Trainer, optimizers, schedules, checkpoints)."""
