@@ -13,9 +13,10 @@ Bump ``GENERATOR_VERSION`` whenever the output changes, so tokenized caches are 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 GIRLS = "Lily Mia Sara Emma Lucy Anna Zoe Ella Amy Rosie Kate Nora Ruby Maya Sophie Chloe Daisy Jane".split()
 BOYS = "Tom Ben Max Sam Leo Jack Tim Finn Jake Noah Oliver Timmy Billy Joe Eli Luke Peter Dan".split()
@@ -122,6 +123,8 @@ class _Story:
             activity=self.rng.choice(self.activities), spot=self.rng.choice(self.spots),
             friend_intro=self.friend_intro, a_adj=_article(self.obj_adj),
         )  # fmt: skip
+        # every sentence starts with a capital, also one that follows another inside a template
+        text = re.sub(r"([.!?] )([a-z])", lambda m: m.group(1) + m.group(2).upper(), text)
         self.sentences.append(text[0].upper() + text[1:])
 
     def paragraph(self) -> None:
