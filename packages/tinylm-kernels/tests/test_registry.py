@@ -41,6 +41,26 @@ def test_forcing_an_unavailable_backend_says_why(toy_op, monkeypatch):
         dispatch("toy_add")
 
 
+def test_device_types_keep_gpu_backends_off_cpu_tensors(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+
+    @register_backend("toy_dev", "torch")
+    def toy_torch(x):
+        return x
+
+    @register_backend("toy_dev", "cuda", device_types=("cuda",))
+    def toy_cuda(x):
+        return x
+
+    try:
+        assert choose("toy_dev", device="cuda").name == "cuda"
+        assert choose("toy_dev", device=torch.device("cpu")).name == "torch"
+        with pytest.raises(RuntimeError, match="takes cuda tensors, got cpu tensors"):
+            choose("toy_dev", backend="cuda", device="cpu")
+    finally:
+        del reg._OPS["toy_dev"]
+
+
 def test_env_var_forces_backend(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "torch")
     assert choose("rms_norm").name == "torch"

@@ -2,8 +2,9 @@
 
 A backend is a function plus an availability check. ``dispatch(op, backend=None)`` returns the function to
 call: the forced backend if one is given (argument, then ``TINYLM_KERNELS_BACKEND``), else the first
-available backend in priority order. The plain-PyTorch ``torch`` backend is always available and is the
-oracle the other backends are tested against.
+available backend in priority order that runs on the inputs' device type (``device_types``; a CUDA or
+Triton kernel never receives CPU tensors unless it says it can). The plain-PyTorch ``torch`` backend is
+always available, on every device, and is the oracle the other backends are tested against.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
 
 log = logging.getLogger("tinylm.kernels")
 
@@ -27,6 +30,13 @@ class Backend:
     fn: Callable
     available: Callable[[], bool]
     why_unavailable: Callable[[], str] = lambda: ""
+    device_types: tuple[str, ...] | None = None  # None: any device
+
+    def runs_on(self, device: torch.device | str | None) -> bool:
+        """Whether this backend takes tensors on ``device`` (None: no device given, assume yes)."""
+        if device is None or self.device_types is None:
+            return True
+        return torch.device(device).type in self.device_types
 
 
 _OPS: dict[str, dict[str, Backend]] = {}
@@ -38,8 +48,13 @@ def register_backend(
     backend: str,
     available: Callable[[], bool] = lambda: True,
     why_unavailable: Callable[[], str] = lambda: "",
+    device_types: tuple[str, ...] | None = None,
 ) -> Callable[[Callable], Callable]:
-    """Decorator registering ``fn`` as the ``backend`` implementation of ``op``."""
+    """Decorator registering ``fn`` as the ``backend`` implementation of ``op``.
+
+    ``available`` says whether it can run on this machine at all (and ``why_unavailable`` why not);
+    ``device_types`` lists the tensor device types it accepts (None: any).
+    """
     if backend not in BACKEND_PRIORITY:
         raise ValueError(f"unknown kernel backend {backend!r}; allowed: {', '.join(BACKEND_PRIORITY)}")
 
@@ -47,7 +62,7 @@ def register_backend(
         backends = _OPS.setdefault(op, {})
         if backend in backends:
             raise KeyError(f"kernel op {op!r} already has a {backend!r} backend")
-        backends[backend] = Backend(backend, fn, available, why_unavailable)
+        backends[backend] = Backend(backend, fn, available, why_unavailable, device_types)
         return fn
 
     return wrap
@@ -65,8 +80,9 @@ def backends(op: str) -> dict[str, Backend]:
     return _OPS[op]
 
 
-def choose(op: str, backend: str | None = None) -> Backend:
-    """The backend that ``op`` runs on: forced by argument or environment, else the best available."""
+def choose(op: str, backend: str | None = None, device: torch.device | str | None = None) -> Backend:
+    """The backend that ``op`` runs on for tensors on ``device``: forced by argument or environment,
+    else the best available one that runs on that device type."""
     impls = backends(op)
     forced = backend or os.environ.get(ENV_VAR) or None
     if forced is not None:
@@ -81,10 +97,15 @@ def choose(op: str, backend: str | None = None) -> Backend:
             raise RuntimeError(
                 f"backend {forced!r} for op {op!r} is not available: {chosen.why_unavailable()}"
             )
+        if not chosen.runs_on(device):
+            raise RuntimeError(
+                f"backend {forced!r} for op {op!r} takes {'/'.join(chosen.device_types or ())} tensors, "
+                f"got {torch.device(device).type} tensors; move them or choose another backend"
+            )
         return chosen
     for name in BACKEND_PRIORITY:
         impl = impls.get(name)
-        if impl is None:
+        if impl is None or not impl.runs_on(device):
             continue
         if impl.available():
             if (op, name) not in _logged:
@@ -97,16 +118,17 @@ def choose(op: str, backend: str | None = None) -> Backend:
     raise RuntimeError(f"no available backend for op {op!r}")
 
 
-def dispatch(op: str, backend: str | None = None) -> Callable:
-    """The function implementing ``op`` on the chosen backend."""
-    return choose(op, backend).fn
+def dispatch(op: str, backend: str | None = None, device: torch.device | str | None = None) -> Callable:
+    """The function implementing ``op`` on the chosen backend for tensors on ``device``."""
+    return choose(op, backend, device).fn
 
 
 def info_table() -> list[dict[str, str]]:
     """One row per (op, backend): availability, reason when unavailable, and whether it is the choice."""
     rows = []
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
     for op in ops():
-        chosen = choose(op).name
+        chosen = choose(op, device=default_device).name
         for name, impl in sorted(backends(op).items(), key=lambda kv: BACKEND_PRIORITY.index(kv[0])):
             ok = impl.available()
             rows.append(

@@ -31,4 +31,4 @@ def rms_norm(
             f"rms_norm: weight has shape {tuple(weight.shape)}, expected ({x.shape[-1]},) "
             f"to match the last dimension of x {tuple(x.shape)}"
         )
-    return dispatch("rms_norm", backend)(x, weight, eps)
+    return dispatch("rms_norm", backend, x.device)(x, weight, eps)

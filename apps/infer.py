@@ -1,0 +1,83 @@
+"""Stream a continuation from a trained checkpoint: ``uv run apps/infer.py --ckpt DIR --prompt "Once upon"``.
+
+The checkpoint directory holds model.safetensors + config.json (tinylm-core) and tokenizer.json.
+``--temperature 0`` is greedy. Errors are one line on stderr with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from tinylm.core import CheckpointError, load_checkpoint
+from tinylm.core.data import load_tokenizer
+from tinylm.core.generate import stream
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", required=True, help="checkpoint directory (e.g. outputs/.../checkpoints/best)")
+    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    return p.parse_args(argv)
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if not args.prompt:
+            raise ValueError("empty prompt: pass some text with --prompt")
+        device = pick_device(args.device)
+        model = load_checkpoint(args.ckpt, device=device).eval()
+        tok = load_tokenizer(args.ckpt)
+        ids = tok.encode(args.prompt, add_bos=True)
+        limit = model.pos.max_positions or model.config.max_seq_len
+        if limit is not None and len(ids) + args.max_new_tokens > limit:
+            if len(ids) >= limit:
+                raise ValueError(
+                    f"prompt is {len(ids)} tokens but the model's context is {limit}; shorten the prompt"
+                )
+            args.max_new_tokens = limit - len(ids)
+            print(f"warning: --max-new-tokens lowered to {args.max_new_tokens} (context)", file=sys.stderr)
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+        steps = stream(
+            model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+            top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_tokens=[tok.eos_id],
+            pad_id=tok.pad_id, generator=generator,
+        )  # fmt: skip
+        print(args.prompt, end="", flush=True)
+        new: list[int] = []
+        shown = ""
+        for token in steps:
+            if int(token[0]) == tok.eos_id:
+                break
+            new.append(int(token[0]))
+            text = tok.decode(new)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                print(text[len(shown) :], end="", flush=True)
+                shown = text
+        print()
+    except (CheckpointError, ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""Train a TinyLM: ``uv run apps/train.py [model=small] [data=text data.path=...] [training=quick_test]``.
+
+Hydra config (conf/) -> tokenizer + tokenized data (tinylm-core) -> TinyLM (tinylm-core) -> Trainer
+(tinylm-dist). Outputs (checkpoints, metrics.jsonl, loss.png) go to Hydra's run dir. Config mistakes
+and missing data end in a one-line error and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from tinylm.core import CheckpointError, ModelConfig, TinyLM
+from tinylm.core.data import BatchIterator, DataConfig, PackedBlocks, build_data
+from tinylm.dist import TrainConfig, Trainer
+
+log = logging.getLogger("train")
+
+
+def plain(node: DictConfig) -> dict:
+    """A config group as a dict without the null entries (null = keep the dataclass default)."""
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None}
+
+
+def run(cfg: DictConfig) -> dict:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    data_cfg = DataConfig(**plain(cfg.data))
+    tok_cfg = plain(cfg.tokenizer)
+    tokenizer, splits = build_data(data_cfg, tok_cfg["name"], tok_cfg.get("vocab_size"))
+    model_args = plain(cfg.model)
+    model_cfg = ModelConfig.from_preset(model_args.pop("size"), vocab_size=tokenizer.vocab_size, **model_args)
+    if cfg.block_size > model_cfg.max_seq_len:
+        raise ValueError(f"block_size={cfg.block_size} is over model.max_seq_len={model_cfg.max_seq_len}")
+    train_cfg = TrainConfig(**plain(cfg.training))
+    model = TinyLM(model_cfg)
+    log.info("model: %s, %.2fM parameters", model_cfg.architecture, model.num_parameters() / 1e6)
+    batch, seed = train_cfg.batch_size, train_cfg.seed
+    train = BatchIterator(PackedBlocks(splits.train, cfg.block_size), batch, seed=seed)
+    val = BatchIterator(PackedBlocks(splits.val, cfg.block_size), batch, seed=seed + 1)
+    trainer = Trainer(model, train_cfg, train, val, out_dir=out_dir, tokenizer=tokenizer)
+    return trainer.fit()
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base=None)
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except (ValueError, KeyError, FileNotFoundError, CheckpointError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
