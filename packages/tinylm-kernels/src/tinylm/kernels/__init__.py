@@ -1,9 +1,11 @@
 """tinylm.kernels: fused ops for TinyLM-Lab behind a registry of backends (cuda, triton, torch).
 
-Every op has a plain-PyTorch reference, so importing this package needs no GPU, nvcc or Triton.
+Every op has a plain-PyTorch reference, so importing this package needs no GPU, nvcc or Triton: the
+Triton modules import without Triton and then register backends that report themselves unavailable.
 ``python -m tinylm.kernels info`` prints which backend each op uses here.
 """
 
+from tinylm.kernels.cross_entropy import fused_linear_cross_entropy, fused_linear_cross_entropy_reference
 from tinylm.kernels.registry import (
     BACKEND_PRIORITY,
     ENV_VAR,
@@ -15,16 +17,30 @@ from tinylm.kernels.registry import (
     register_backend,
 )
 from tinylm.kernels.rms_norm import rms_norm, rms_norm_reference
+from tinylm.kernels.rope import apply_rope, apply_rope_reference
+from tinylm.kernels.swiglu import swiglu, swiglu_reference
+
+# isort: split
+# Triton backends register themselves on import; each module imports without Triton or a GPU.
+from tinylm.kernels import cross_entropy_triton, rms_norm_triton, rope_triton, swiglu_triton  # noqa: F401
+
+# --- CUDA backends: the lead adds the import of the CUDA module(s) here. ---
 
 __all__ = [
     "BACKEND_PRIORITY",
     "ENV_VAR",
+    "apply_rope",
+    "apply_rope_reference",
     "backends",
     "choose",
     "dispatch",
+    "fused_linear_cross_entropy",
+    "fused_linear_cross_entropy_reference",
     "info_table",
     "ops",
     "register_backend",
     "rms_norm",
     "rms_norm_reference",
+    "swiglu",
+    "swiglu_reference",
 ]
