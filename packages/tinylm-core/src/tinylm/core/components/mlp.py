@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tinylm.core.registry import ACTIVATIONS, MLPS
+from tinylm.kernels import swiglu as swiglu_op
 
 if TYPE_CHECKING:
     from tinylm.core.config import ModelConfig
@@ -45,11 +46,14 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.gate_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.bias)
         self.up_proj = nn.Linear(cfg.dim, cfg.hidden_dim, bias=cfg.bias)
-        self.act = ACTIVATIONS.build(activation or cfg.activation)
+        self.activation = activation or cfg.activation
+        self.act = ACTIVATIONS.build(self.activation)
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=cfg.bias)
         self.down_proj.residual_projection = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation == "silu":  # SwiGLU: the fused tinylm.kernels op (Triton on GPU)
+            return self.down_proj(swiglu_op(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tinylm.core.registry import POSITIONALS
+from tinylm.kernels import apply_rope
 
 if TYPE_CHECKING:
     from tinylm.core.config import ModelConfig
@@ -53,12 +54,6 @@ class LearnedPositional(Positional):
         return x + self.weight[positions]
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 @POSITIONALS.register("rope")
 class RoPE(Positional):
     """Rotary position embedding in the half-split layout used by LLaMA and Hugging Face."""
@@ -84,4 +79,4 @@ class RoPE(Positional):
         self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         cos, sin = self.cos_sin(positions, q.dtype)
-        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        return apply_rope(q, k, cos, sin)  # tinylm.kernels: Triton on GPU, plain PyTorch elsewhere
