@@ -175,3 +175,22 @@ def test_build_data_trains_once_and_reuses(tmp_path, counted, name, vocab_size):
 def test_build_data_uses_the_config_cache_dir(tmp_path):
     _, splits = build_data(DataConfig(num_documents=10, cache_dir=str(tmp_path / "c")), "bytelevel")
     assert splits.directory.parent == tmp_path / "c"
+
+
+def test_val_split_end_takes_the_tail_of_the_stream(tmp_path):
+    """nanoGPT's split: with one document, val is the last val_fraction of its tokens."""
+    from tinylm.core.data import DataConfig, build_tokenizer, prepare_tokens
+
+    text = "".join(chr(ord("a") + i % 26) for i in range(1000))
+    path = tmp_path / "one.txt"
+    path.write_text(text)
+    cfg = DataConfig(name="text", path=str(path), sample_by="document", val_split="end", val_fraction=0.1)
+    tok = build_tokenizer("char", texts=[text])
+    splits = prepare_tokens(cfg, tok, tmp_path / "cache")
+    stream = tok.encode(text, add_eos=True)
+    assert len(splits.val) == 100 and len(splits.train) == len(stream) - 100
+    assert splits.train.tolist() == stream[:-100] and splits.val.tolist() == stream[-100:]
+    with pytest.raises(ValueError, match="needs at least 2"):  # one document cannot be spread
+        prepare_tokens(DataConfig(name="text", path=str(path), sample_by="document"), tok, tmp_path / "c2")
+    with pytest.raises(ValueError, match="data.val_split must be 'spread' or 'end'"):
+        DataConfig(val_split="middle")

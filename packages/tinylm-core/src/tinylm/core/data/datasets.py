@@ -62,6 +62,7 @@ class DataConfig:
     num_documents: int = 20000
     seed: int = 1337
     val_fraction: float = 0.05
+    val_split: str = "spread"  # spread: every k-th document; end: the last val_fraction of all tokens
     max_documents: int | None = None
     cache_dir: str | None = None
     sample_by: str = "paragraph"
@@ -77,6 +78,8 @@ class DataConfig:
             raise ValueError(f"data.num_documents must be an integer >= 2, got {self.num_documents!r}")
         if not isinstance(self.seed, int):
             raise ValueError(f"data.seed must be an integer, got {self.seed!r}")
+        if self.val_split not in ("spread", "end"):
+            raise ValueError(f"data.val_split must be 'spread' or 'end', got {self.val_split!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.max_documents is not None and (

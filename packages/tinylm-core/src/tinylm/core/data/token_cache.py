@@ -192,7 +192,10 @@ def _build_atomically(root: Path, final: Path, write: Callable[[Path], Any]) -> 
 def _write_splits(data_cfg: DataConfig, tokenizer: Tokenizer, key: str, folder: Path) -> None:
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size < 2**16 else np.uint32)
     tokens, docs = {"train": 0, "val": 0}, {"train": 0, "val": 0}
-    pairs = split_documents(iter_documents(data_cfg), data_cfg.val_fraction, f"dataset {data_cfg.name!r}")
+    if data_cfg.val_split == "end":  # everything to train.bin first, the tail moves to val.bin below
+        pairs = ((doc, False) for doc in iter_documents(data_cfg))
+    else:
+        pairs = split_documents(iter_documents(data_cfg), data_cfg.val_fraction, f"dataset {data_cfg.name!r}")
     with open(folder / "train.bin", "wb") as train_file, open(folder / "val.bin", "wb") as val_file:
         files = {"train": train_file, "val": val_file}
         while batch := list(itertools.islice(pairs, _ENCODE_BATCH)):
@@ -205,6 +208,8 @@ def _write_splits(data_cfg: DataConfig, tokenizer: Tokenizer, key: str, folder: 
                 files[split].write(arr.tobytes())
                 tokens[split] += len(arr)
                 docs[split] += len(seqs)
+    if data_cfg.val_split == "end":
+        tokens = _move_tail_to_val(folder, dtype, tokens["train"], data_cfg.val_fraction)
     tokenizer.save(folder)
     meta = {
         "format": CACHE_FORMAT_VERSION,
@@ -219,6 +224,17 @@ def _write_splits(data_cfg: DataConfig, tokenizer: Tokenizer, key: str, folder: 
         "dataset": dataset_identity(data_cfg),
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
+
+
+def _move_tail_to_val(folder: Path, dtype: np.dtype, total: int, val_fraction: float) -> dict[str, int]:
+    """nanoGPT's split: the last ``val_fraction`` of the token stream becomes val.bin."""
+    n_val = max(1, int(total * val_fraction))
+    if total - n_val < 2:
+        raise ValueError(f"{total} tokens are too few to split off {val_fraction:.0%} for validation")
+    train = np.fromfile(folder / "train.bin", dtype=dtype)
+    train[total - n_val :].tofile(folder / "val.bin")
+    train[: total - n_val].tofile(folder / "train.bin")
+    return {"train": total - n_val, "val": n_val}
 
 
 def _load_splits(folder: Path) -> TokenSplits:
