@@ -256,3 +256,17 @@ def test_every_dataset_yields_documents_or_says_what_to_pass(name, offline):
         assert "data.path=" in str(e) and "\n" not in str(e)
     else:
         assert len(got) == 5 and all(isinstance(d, str) and d for d in got)
+
+
+@pytest.mark.parametrize("sample_by", ["document", "paragraph", "line"])
+def test_plain_reader_matches_the_datasets_text_loader(sample_by, tmp_path):
+    """Without `datasets`, local text is read in plain Python with the same documents."""
+    datasets = pytest.importorskip("datasets")
+    from tinylm.core.data.datasets import plain_text_rows
+
+    f = tmp_path / "t.txt"
+    f.write_text("\n\nFirst para\nline two\n\n\nSecond para\n\n  \nThird, café ☕\nend\n")
+    ref = datasets.load_dataset(
+        "text", data_files=[str(f)], split="train", streaming=True, sample_by=sample_by
+    )
+    assert [r["text"] for r in plain_text_rows([f], sample_by)] == [r["text"] for r in ref]

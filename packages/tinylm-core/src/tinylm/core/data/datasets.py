@@ -233,14 +233,28 @@ def _local_files(path: str, name: str, suffixes: Iterable[str]) -> list[Path]:
     return files
 
 
+def plain_text_rows(files: list[Path], sample_by: str) -> Iterator[dict[str, str]]:
+    """What ``datasets``' text loader yields for local files, in plain Python (used when it is missing)."""
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        if sample_by == "document":
+            yield {"text": text}
+        elif sample_by == "paragraph":
+            yield from ({"text": para} for para in text.split("\n\n") if para.strip())
+        else:
+            yield from ({"text": line} for line in text.splitlines())
+
+
 def _text_documents(files: list[Path], sample_by: str, separator: str | None) -> Iterator[str]:
-    ds = _datasets().load_dataset(
-        "text",
-        data_files=[str(f) for f in files],
-        split="train",
-        streaming=True,
-        sample_by="line" if separator else sample_by,
-    )
+    sample_by = "line" if separator else sample_by
+    try:
+        import datasets
+    except ImportError:  # plain local text needs no extra library
+        ds: Iterable[dict[str, Any]] = plain_text_rows(files, sample_by)
+    else:
+        ds = datasets.load_dataset(
+            "text", data_files=[str(f) for f in files], split="train", streaming=True, sample_by=sample_by
+        )
     if not separator:
         yield from (row["text"] for row in ds)
         return
