@@ -179,7 +179,7 @@ def test_build_data_uses_the_config_cache_dir(tmp_path):
 
 def test_val_split_end_takes_the_tail_of_the_stream(tmp_path):
     """nanoGPT's split: with one document, val is the last val_fraction of its tokens."""
-    from tinylm.core.data import DataConfig, build_tokenizer, prepare_tokens
+    from tinylm.core.data import DataConfig, build_data, build_tokenizer, prepare_tokens
 
     text = "".join(chr(ord("a") + i % 26) for i in range(1000))
     path = tmp_path / "one.txt"
@@ -190,6 +190,8 @@ def test_val_split_end_takes_the_tail_of_the_stream(tmp_path):
     stream = tok.encode(text, add_eos=True)
     assert len(splits.val) == 100 and len(splits.train) == len(stream) - 100
     assert splits.train.tolist() == stream[:-100] and splits.val.tolist() == stream[-100:]
+    tok2, splits2 = build_data(cfg, "char", cache_dir=tmp_path / "c3")  # the tokenizer trains on train text
+    assert len(splits2.val) == 100 and tok2.vocab_size == tok.vocab_size
     with pytest.raises(ValueError, match="needs at least 2"):  # one document cannot be spread
         prepare_tokens(DataConfig(name="text", path=str(path), sample_by="document"), tok, tmp_path / "c2")
     with pytest.raises(ValueError, match="data.val_split must be 'spread' or 'end'"):

@@ -100,8 +100,16 @@ def split_documents(
 
 
 def training_texts(data_cfg: DataConfig, max_bytes: int = DEFAULT_TOKENIZER_TRAIN_BYTES) -> Iterator[str]:
-    """Training documents of ``data_cfg`` (never validation ones), up to about ``max_bytes`` of UTF-8 text."""
+    """Training documents of ``data_cfg`` (never validation ones), up to about ``max_bytes`` of UTF-8 text.
+
+    With ``val_split="end"`` the documents are read from the start, capped at the train share of the text.
+    """
     used = 0
+    if data_cfg.val_split == "end":
+        text = "\n".join(iter_documents(data_cfg))
+        text = text[: int(len(text) * (1 - data_cfg.val_fraction))]
+        yield text[:max_bytes]
+        return
     for doc, is_val in split_documents(iter_documents(data_cfg), data_cfg.val_fraction, data_cfg.name):
         if is_val:
             continue
