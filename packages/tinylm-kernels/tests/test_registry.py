@@ -65,8 +65,10 @@ def test_env_var_forces_backend(monkeypatch):
     monkeypatch.setenv(ENV_VAR, "torch")
     assert choose("rms_norm").name == "torch"
     monkeypatch.setenv(ENV_VAR, "cuda")
+    if torch.cuda.is_available():
+        assert choose("rms_norm", device="cuda").name == "cuda"
     with pytest.raises((ValueError, RuntimeError), match="cuda"):
-        choose("rms_norm")
+        choose("rms_norm", device="cpu")  # a forced CUDA kernel never takes CPU tensors
 
 
 def test_unknown_names_list_the_allowed_ones():

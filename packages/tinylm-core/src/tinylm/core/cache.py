@@ -3,14 +3,17 @@
 A cache is handed to ``TinyLM.forward(..., cache=cache)``. Each attention layer calls
 ``update(layer_idx, k, v)`` with the new ``(B, Hkv, T, hd)`` keys/values and attends over what it returns
 (past + new). After all layers ran, the model calls ``advance(T)``. tinylm-cache implements richer caches
-(static, paged, quantized, sliding window) behind this same protocol.
+(static, paged, quantized, sliding window) behind this same protocol and register their factories in
+``CACHES`` (``standard`` is registered here), so a config string picks the cache in apps and benchmarks.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from tinylm.core.registry import CACHES
 
 
 @runtime_checkable
@@ -50,3 +53,9 @@ class StandardCache:
 
     def advance(self, n: int) -> None:
         self._seq_len += n
+
+
+@CACHES.register("standard")
+def standard_cache(**context: Any) -> StandardCache:
+    """Factory for ``CACHES``: a ``StandardCache`` needs none of the context (config, batch size, ...)."""
+    return StandardCache()

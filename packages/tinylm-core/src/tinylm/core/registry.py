@@ -79,3 +79,8 @@ BLOCKS: Registry = Registry("block")
 ARCHITECTURES: Registry = Registry("architecture")
 TOKENIZERS: Registry = Registry("tokenizer")
 DATASETS: Registry = Registry("dataset")
+# Cache factories: called with keyword arguments config, batch_size, max_seq_len, device, dtype (a factory
+# takes what it needs and ignores the rest via **kwargs); each returns a fresh object with the Cache protocol.
+CACHES: Registry = Registry("cache")
+# Quantization schemes (filled by tinylm-quant): name -> function(model, **options) -> quantized model.
+QUANT_SCHEMES: Registry = Registry("quantization scheme")

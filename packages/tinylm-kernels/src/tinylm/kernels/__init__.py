@@ -21,10 +21,15 @@ from tinylm.kernels.rope import apply_rope, apply_rope_reference
 from tinylm.kernels.swiglu import swiglu, swiglu_reference
 
 # isort: split
-# Triton backends register themselves on import; each module imports without Triton or a GPU.
-from tinylm.kernels import cross_entropy_triton, rms_norm_triton, rope_triton, swiglu_triton  # noqa: F401
-
-# --- CUDA backends: the lead adds the import of the CUDA module(s) here. ---
+# Backends register themselves on import and report themselves unavailable (with a logged reason)
+# without Triton, a GPU, nvcc or ninja. The CUDA extension is built on first use.
+from tinylm.kernels import (  # noqa: F401
+    cross_entropy_triton,
+    rms_norm_cuda,
+    rms_norm_triton,
+    rope_triton,
+    swiglu_triton,
+)
 
 __all__ = [
     "BACKEND_PRIORITY",
