@@ -142,6 +142,7 @@ class TestHFLocalFiles:
     ]
 
     def test_jsonl_csv_parquet(self, tmp_path):
+        pytest.importorskip("datasets")  # json, csv and parquet are read through datasets
         pd = pytest.importorskip("pandas")
 
         (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in self.ROWS))

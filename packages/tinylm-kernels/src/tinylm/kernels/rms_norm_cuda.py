@@ -48,9 +48,14 @@ def is_available() -> bool:
     return not why_unavailable()
 
 
+_extension: list[ModuleType] = []
+
+
 def extension() -> ModuleType:
-    """The compiled extension (built on first call, then cached)."""
-    return _build.build()
+    """The compiled extension (built on first call, then kept: this is on every call's path)."""
+    if not _extension:
+        _extension.append(_build.build())
+    return _extension[0]
 
 
 @torch.library.custom_op("tinylm::rms_norm_fwd", mutates_args=(), device_types="cuda")

@@ -4,7 +4,9 @@
 non-overlapping blocks of ``block_size + 1`` tokens; block ``i`` gives ``x = tokens[i*T : i*T+T]`` and
 ``y = tokens[i*T+1 : i*T+T+1]`` (next-token targets, nanoGPT's layout). ``BatchIterator`` walks the blocks
 in a seeded permutation per epoch, each rank taking every ``world_size``-th block (each block seen once per
-epoch across ranks), and its position is a small ``state_dict`` so training resumes exactly.
+epoch across ranks), and its position is a small ``state_dict`` so training resumes exactly. When
+shuffling, every epoch also shifts the block boundaries by a seeded offset in ``[0, T)``, so a small corpus
+is not cut the same way every epoch (nanoGPT gets the same effect by sampling random windows).
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ class PackedBlocks:
         return (len(self.tokens) - 1) // self.block_size
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if not 0 <= i < len(self):
-            raise IndexError(f"block {i} out of range [0, {len(self)})")
-        start = i * self.block_size
+        return self.block(i)
+
+    def block(self, i: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block ``i`` of the stream cut after its first ``offset`` tokens."""
+        if not 0 <= i < (len(self.tokens) - 1 - offset) // self.block_size:
+            raise IndexError(f"block {i} out of range at offset {offset}")
+        start = offset + i * self.block_size
         chunk = torch.from_numpy(np.asarray(self.tokens[start : start + self.block_size + 1], dtype=np.int64))
         return chunk[:-1], chunk[1:]
 
@@ -55,7 +61,8 @@ class BatchIterator:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        per_rank = len(blocks) // world_size
+        fewest = (len(blocks.tokens) - blocks.block_size) // blocks.block_size if shuffle else len(blocks)
+        per_rank = fewest // world_size  # blocks per rank in the epoch with the largest offset
         if per_rank < batch_size:
             raise ValueError(
                 f"{len(blocks)} blocks of {blocks.block_size} tokens over {world_size} rank(s) cannot fill a "
@@ -64,12 +71,15 @@ class BatchIterator:
         self.blocks, self.batch_size, self.seed, self.shuffle = blocks, batch_size, seed, shuffle
         self.rank, self.world_size = rank, world_size
         self.epoch, self.index = 0, 0  # index: next position in this rank's share of the epoch
+        self._offset = 0
         self._order = self._epoch_order()
 
     def _epoch_order(self) -> torch.Tensor:
-        n = len(self.blocks)
+        n, t = len(self.blocks), self.blocks.block_size
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._offset = int(torch.randint(0, t, (1,), generator=g)) if n > 1 else 0
+            n = (len(self.blocks.tokens) - 1 - self._offset) // t  # the same n, or one block fewer
             order = torch.randperm(n, generator=g)
         else:
             order = torch.arange(n)
@@ -85,7 +95,7 @@ class BatchIterator:
             self._order = self._epoch_order()
         idx = self._order[self.index : self.index + self.batch_size].tolist()
         self.index += self.batch_size
-        xs, ys = zip(*(self.blocks[i] for i in idx), strict=True)
+        xs, ys = zip(*(self.blocks.block(i, self._offset) for i in idx), strict=True)
         return torch.stack(xs), torch.stack(ys)
 
     def state_dict(self) -> dict[str, Any]:
