@@ -1,6 +1,7 @@
 """Stream a continuation from a trained checkpoint: ``uv run apps/infer.py --ckpt DIR --prompt "Once upon"``.
 
-The checkpoint directory holds model.safetensors + config.json (tinylm-core) and tokenizer.json.
+The checkpoint directory holds model.safetensors + config.json (tinylm-core) and tokenizer.json. Without
+``--ckpt`` the shipped demo story model (models/stories) is used; ``--ckpt shakespeare`` names the other.
 ``--temperature 0`` is greedy. Errors are one line on stderr with a non-zero exit code.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -15,11 +17,15 @@ from tinylm.core import CheckpointError, load_checkpoint
 from tinylm.core.data import load_tokenizer
 from tinylm.core.generate import stream
 
+SHIPPED = Path(__file__).resolve().parents[1] / "models"
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", required=True, help="checkpoint directory (e.g. outputs/.../checkpoints/best)")
-    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument(
+        "--ckpt", default="stories", help="checkpoint directory, or a shipped model: stories, shakespeare"
+    )
+    p.add_argument("--prompt", default="Once upon a time", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
@@ -28,6 +34,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     return p.parse_args(argv)
+
+
+def resolve_checkpoint(name: str) -> Path:
+    """A directory as given, else the shipped model of that name (models/<name>)."""
+    path = Path(name)
+    if not path.exists() and (SHIPPED / name).is_dir():
+        return SHIPPED / name
+    return path
 
 
 def pick_device(name: str) -> torch.device:
@@ -44,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.prompt:
             raise ValueError("empty prompt: pass some text with --prompt")
         device = pick_device(args.device)
-        model = load_checkpoint(args.ckpt, device=device).eval()
-        tok = load_tokenizer(args.ckpt)
+        ckpt = resolve_checkpoint(args.ckpt)
+        model = load_checkpoint(ckpt, device=device).eval()
+        tok = load_tokenizer(ckpt)
         ids = tok.encode(args.prompt, add_bos=True)
         limit = model.pos.max_positions or model.config.max_seq_len
         if limit is not None and len(ids) + args.max_new_tokens > limit:
