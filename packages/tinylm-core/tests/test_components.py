@@ -91,3 +91,15 @@ def test_learned_and_none_positionals(tiny_config):
     none = POSITIONALS.build("none", cfg)
     assert none.embed(x, pos) is x and none.rotate(x, x, pos) == (x, x) and none.max_positions is None
     assert set(POSITIONALS.names()) == {"rope", "learned", "none"}
+
+
+def test_rope_table_is_computed_once_per_forward(tiny_model, monkeypatch):
+    model = tiny_model(n_layers=3)
+    calls = []
+    original = type(model.pos).cos_sin
+    monkeypatch.setattr(type(model.pos), "cos_sin", lambda self, *a: calls.append(1) or original(self, *a))
+    ids = torch.randint(0, 97, (2, 9))
+    out = model(ids).logits
+    assert len(calls) == 1  # shared by the three layers
+    monkeypatch.undo()
+    torch.testing.assert_close(out, model(ids).logits)

@@ -10,7 +10,7 @@ GQA/MQA: Ainslie et al., 2023, arXiv 2305.13245; Shazeer, 2019, arXiv 1911.02150
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -32,6 +32,7 @@ class AttentionContext:
     mask: torch.Tensor | None  # None: causal, T == S; else bool (B|1, 1, T, S)
     positional: Positional
     cache: Any = None  # an object with update(layer_idx, k, v) -> (k, v), see tinylm.core.cache
+    memo: dict = field(default_factory=dict)  # per-forward values every layer shares (RoPE's cos/sin)
 
 
 def build_attention_mask(
@@ -161,7 +162,7 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        q, k = ctx.positional.rotate(q, k, ctx.positions)
+        q, k = ctx.positional.rotate(q, k, ctx.positions, ctx.memo)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)  # (B, Hkv, S, hd) with the past prepended
         n_rep = self.n_heads // self.n_kv_heads

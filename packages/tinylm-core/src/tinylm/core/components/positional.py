@@ -28,8 +28,9 @@ class Positional(nn.Module):
         return x
 
     def rotate(
-        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, memo: dict | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``memo``: a dict shared by all layers of one forward, for values computed once per forward."""
         return q, k
 
 
@@ -76,7 +77,13 @@ class RoPE(Positional):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def rotate(
-        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor
+        self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, memo: dict | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.cos_sin(positions, q.dtype)
+        if memo is None:
+            cos, sin = self.cos_sin(positions, q.dtype)
+        else:  # every layer rotates by the same positions: compute the table once per forward
+            key = ("rope", q.dtype)
+            if key not in memo:
+                memo[key] = self.cos_sin(positions, q.dtype)
+            cos, sin = memo[key]
         return apply_rope(q, k, cos, sin)  # tinylm.kernels: Triton on GPU, plain PyTorch elsewhere
