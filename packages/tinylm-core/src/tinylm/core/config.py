@@ -43,6 +43,15 @@ class ArchitectureConfig:
 ARCH_FIELDS = tuple(f.name for f in fields(ArchitectureConfig))
 
 
+def dataclass_from_dict(cls: type, data: dict[str, Any], label: str) -> Any:
+    """``cls(**data)``, but unknown keys raise one error naming them and the allowed keys."""
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValueError(f"unknown {label} config keys {unknown}; allowed: {', '.join(sorted(allowed))}")
+    return cls(**data)
+
+
 def register_architecture(name: str, config: ArchitectureConfig | None = None, **choices: Any) -> None:
     """Register an architecture preset, from a config or from keyword component choices."""
     ARCHITECTURES.register(name)(config if config is not None else ArchitectureConfig(**choices))
@@ -156,11 +165,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Inverse of ``to_dict``; unknown keys raise an error naming them and the allowed keys."""
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; allowed: {', '.join(sorted(allowed))}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "model")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of every (resolved) field."""

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from tinylm.core.config import dataclass_from_dict
 from tinylm.dist.schedules import SCHEDULES
 
 DECAY_SHAPES = ("linear", "sqrt")
@@ -98,11 +99,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of ``to_dict``; unknown keys raise an error naming them and the allowed keys."""
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ValueError(f"unknown train config keys {unknown}; allowed: {', '.join(sorted(allowed))}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "train")
 
 
 def _is_int(value: Any) -> bool:
