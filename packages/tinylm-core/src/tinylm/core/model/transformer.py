@@ -80,38 +80,49 @@ class TinyLM(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         cache: Any = None,
         loss_reduction: str = "mean",
+        inputs_embeds: torch.Tensor | None = None,
     ) -> LMOutput:
         """Logits for ``input_ids`` ``(B, T)``; loss against ``labels`` (next-token targets, -100 ignored).
 
         ``labels`` are already shifted: ``labels[:, t]`` is the token that should follow ``input_ids[:, t]``.
         ``attention_mask`` ``(B, past + T)`` marks real tokens (1) and padding (0); positions then count
         real tokens only. ``cache`` holds past keys/values (``tinylm.core.cache``). ``loss_reduction`` is
-        ``mean`` over non-ignored targets or ``sum`` (for exact gradient accumulation).
+        ``mean`` over non-ignored targets or ``sum`` (for exact gradient accumulation). ``inputs_embeds``
+        ``(B, T, dim)`` replaces ``input_ids`` (pass ``None``) to feed vectors (image features in tinylm-mm).
         """
-        if input_ids.dim() != 2:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids (batch, seq_len) and inputs_embeds")
+        if inputs_embeds is not None:
+            if inputs_embeds.dim() != 3 or inputs_embeds.size(-1) != self.config.dim:
+                raise ValueError(
+                    f"inputs_embeds must be (batch, seq_len, {self.config.dim}), "
+                    f"got shape {tuple(inputs_embeds.shape)}"
+                )
+        elif input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
-        b, t = input_ids.shape
+        tokens = self.tok_emb(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, dim)
+        b, t = tokens.shape[:2]
         past = cache.get_seq_length() if cache is not None else 0
         if positions is None:
             if attention_mask is not None:
                 positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -t:]  # (B, T)
             else:
-                positions = torch.arange(past, past + t, device=input_ids.device).expand(b, t)
+                positions = torch.arange(past, past + t, device=tokens.device).expand(b, t)
         limit = self.pos.max_positions
         if limit is not None and past + t > limit:
             raise ValueError(
                 f"sequence of {past + t} tokens is longer than the model's context ({limit} positions, "
                 f"{self.config.positional} positional encoding); shorten the prompt or generation"
             )
-        mask = build_attention_mask(attention_mask, t, past + t, input_ids.device)
+        mask = build_attention_mask(attention_mask, t, past + t, tokens.device)
         ctx = AttentionContext(positions=positions, mask=mask, positional=self.pos, cache=cache)
-        x = self.drop(self.pos.embed(self.tok_emb(input_ids), positions))  # (B, T, dim)
+        x = self.drop(self.pos.embed(tokens, positions))  # (B, T, dim)
         for layer in self.layers:
             x = layer(x, ctx)
         if self.norm is not None:
