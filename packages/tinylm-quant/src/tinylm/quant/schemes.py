@@ -12,7 +12,7 @@ states their requirements, so a CUDA-only scheme fails on CPU with a sentence in
 | ``intx4_weight_only`` | int4 values (group 32), stored unpacked in int8 | as is | CPU, CUDA |
 | ``int8_dynamic_int4`` | int4 values (group 32), stored in int8 | int8 per token | CPU, CUDA |
 | ``int8_dynamic_intx8`` | int8 per row (torchao's intx path) | int8 per token, asymmetric | CPU, CUDA |
-| ``int4_weight_only[_gN]`` | int4 packed 2 per byte, group N (128 default; 32, 64), tinygemm | bf16 | CUDA sm80+, bf16 |
+| ``int4_weight_only[_gN]`` | int4, 2 per byte, group N (128; _g32, _g64), tinygemm | bf16 | CUDA sm80+ |
 | ``float8`` | float8 e4m3 per row | float8 e4m3 per token, dynamic | CUDA sm89+ (Hopper, Ada) |
 
 ``intx4_*`` and ``int8_dynamic_int4`` have the quality of int4 but the bytes of int8 (torchao keeps
@@ -72,7 +72,8 @@ class QuantScheme:
     def check_runs_on(self, device: torch.device, dtype: torch.dtype) -> None:
         """Raise ``SchemeUnavailableError`` saying what is needed when ``device``/``dtype`` cannot run it."""
         if self.cuda_capability is not None:
-            need = f"{self.name} needs a CUDA GPU of compute capability >= {'.'.join(map(str, self.cuda_capability))}"
+            major, minor = self.cuda_capability
+            need = f"{self.name} needs a CUDA GPU of compute capability >= {major}.{minor}"
             if device.type != "cuda":
                 raise SchemeUnavailableError(
                     f"{need}; the model is on {device.type}. On CPU use int8_weight_only, int8_dynamic, "
