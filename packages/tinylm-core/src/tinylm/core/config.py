@@ -21,6 +21,7 @@ from tinylm.core.registry import (
     MLPS,
     NORMS,
     POSITIONALS,
+    ROUTERS,
 )
 
 
@@ -110,6 +111,7 @@ class ModelConfig:
     tie_embeddings: bool | None = None
     norm_eps: float | None = None
     rope_theta: float | None = None
+    router: str = "none"  # ROUTERS name: none, mod (mixture-of-depths), heads (mixture-of-heads attention)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form options for plug-in components
 
     def __post_init__(self) -> None:
@@ -145,6 +147,7 @@ class ModelConfig:
             ("activation", ACTIVATIONS),
             ("attention", ATTENTION_BACKENDS),
             ("block", BLOCKS),
+            ("router", ROUTERS),
         ):
             value = getattr(self, name)
             if value not in registry:

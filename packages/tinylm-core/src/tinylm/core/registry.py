@@ -84,3 +84,8 @@ DATASETS: Registry = Registry("dataset")
 CACHES: Registry = Registry("cache")
 # Quantization schemes (filled by tinylm-quant): name -> function(model, **options) -> quantized model.
 QUANT_SCHEMES: Registry = Registry("quantization scheme")
+# Training strategies (filled by tinylm-dist): name -> Strategy class, built with (device=..., **options).
+STRATEGIES: Registry = Registry("training strategy")
+# Routers (tinylm.core.components.routing): name -> function(cfg, block, layer_idx) -> module used as that
+# layer. ``none`` returns the block; others wrap it (mixture-of-depths) or change its parts (head routing).
+ROUTERS: Registry = Registry("router")

@@ -153,7 +153,11 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.bias)
         self.o_proj.residual_projection = True
-        self.backend = ATTENTION_BACKENDS.get(cfg.attention)
+        backend = ATTENTION_BACKENDS.get(cfg.attention)
+        # a backend registered as an nn.Module class (attention_variants.py) may hold parameters and read
+        # options from the config: one is built per layer; a plain function is used as it is
+        is_module = isinstance(backend, type) and issubclass(backend, nn.Module)
+        self.backend = backend(cfg, layer_idx) if is_module else backend
         self.dropout = cfg.dropout
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
 
@@ -163,14 +167,17 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         q, k = ctx.positional.rotate(q, k, ctx.positions, ctx.memo)
+        mask = ctx.mask
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)  # (B, Hkv, S, hd) with the past prepended
+            if hasattr(ctx.cache, "attention_mask"):  # a cache whose slots are not simply past + new
+                mask = ctx.cache.attention_mask(self.layer_idx, ctx)
         n_rep = self.n_heads // self.n_kv_heads
         out = self.backend(
             q,
             repeat_kv(k, n_rep),
             repeat_kv(v, n_rep),
-            ctx.mask,
+            mask,
             self.dropout if self.training else 0.0,
             self.scale,
         )  # (B, H, T, hd)

@@ -17,17 +17,23 @@ from torch import nn
 from torch.nn import functional as F
 
 from tinylm.core.components.attention import AttentionContext, build_attention_mask
+from tinylm.core.components.routing import collect_aux_loss
 from tinylm.core.config import ModelConfig
-from tinylm.core.registry import BLOCKS, NORMS, POSITIONALS
+from tinylm.core.registry import BLOCKS, NORMS, POSITIONALS, ROUTERS
 
 IGNORE_INDEX = -100
 
 
 class LMOutput(NamedTuple):
-    """Logits ``(B, T, vocab)`` and, when labels were given, the cross-entropy loss."""
+    """Logits ``(B, T, vocab)``; with labels, the loss (cross-entropy + auxiliary losses when training).
+
+    ``aux_loss``: the sum of the modules' auxiliary losses (MoE load balancing, ...) per target token, in
+    training mode only; already included in ``loss``.
+    """
 
     logits: torch.Tensor
     loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
 
 
 class TinyLM(nn.Module):
@@ -43,7 +49,10 @@ class TinyLM(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.pos = POSITIONALS.build(cfg.positional, cfg)
         self.drop = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(BLOCKS.build(cfg.block, cfg, i) for i in range(cfg.n_layers))
+        # model.router may wrap or modify each block (tinylm.core.components.routing); "none" keeps it
+        self.layers = nn.ModuleList(
+            ROUTERS.build(cfg.router, cfg, BLOCKS.build(cfg.block, cfg, i), i) for i in range(cfg.n_layers)
+        )
         final_norm = BLOCKS.get(cfg.block).final_norm
         self.norm = NORMS.build(cfg.norm, cfg.dim, eps=cfg.norm_eps, bias=cfg.bias) if final_norm else None
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -130,6 +139,8 @@ class TinyLM(nn.Module):
         logits = self.lm_head(x)  # (B, T, vocab)
         if cache is not None:
             cache.advance(t)
+        aux = collect_aux_loss(self)  # always collected, so no stale value survives into the next forward
+        aux = aux if self.training else None
         if labels is None:
             return LMOutput(logits)
         if loss_reduction not in ("mean", "sum"):
@@ -140,4 +151,6 @@ class TinyLM(nn.Module):
             ignore_index=IGNORE_INDEX,
             reduction=loss_reduction,
         )
-        return LMOutput(logits, loss)
+        if aux is not None:  # per-token auxiliary losses: scaled to a sum like the cross-entropy
+            loss = loss + aux * ((labels != IGNORE_INDEX).sum() if loss_reduction == "sum" else 1)
+        return LMOutput(logits, loss, aux)
