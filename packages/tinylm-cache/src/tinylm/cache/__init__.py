@@ -1,1 +1,23 @@
-"""tinylm.cache: KV caches for TinyLM: standard, static, paged (blocks), quantized, sliding window and C2C cache-to-cache fusion; a continuous-batching engine."""
+"""tinylm.cache: KV caches for TinyLM behind core's ``Cache`` protocol, registered in ``CACHES`` on import.
+
+``standard`` (core), ``static`` (fixed shapes for CUDA graphs), ``paged`` (block pool, prefix sharing,
+copy-on-write), ``quantized`` / ``quantized_int4`` (int8/int4 codes, per-token per-head scales),
+``sliding_window`` (ring buffer + attention sinks), ``c2c`` (cache-to-cache fusion between two models);
+``Engine``: continuous batching over the paged cache.
+"""
+
+from tinylm.cache.block_allocator import BlockAllocator, PoolExhaustedError
+from tinylm.cache.paged import PagedCache
+from tinylm.cache.quantized import QuantizedCache
+from tinylm.cache.sliding_window import SlidingWindowCache
+from tinylm.cache.static import StaticCache, decode_step
+
+__all__ = [
+    "BlockAllocator",
+    "PagedCache",
+    "PoolExhaustedError",
+    "QuantizedCache",
+    "SlidingWindowCache",
+    "StaticCache",
+    "decode_step",
+]

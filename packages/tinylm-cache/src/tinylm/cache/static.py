@@ -1,0 +1,125 @@
+"""``static``: key/value buffers preallocated to the maximum batch and length, so every decode step has
+the same shapes and can be captured as a CUDA graph (``torch.compile(mode="reduce-overhead")``).
+
+The buffers are ``(B, Hkv, max_seq_len, hd)`` per layer; ``update`` writes the new keys at the current
+write position (a device tensor, so no host sync and no shape change) and returns the whole buffer. The
+empty tail is masked out by ``attention_mask`` (the hook ``Attention`` calls for caches that own their
+layout). ``decode_step`` runs one fixed-shape forward of a ``TinyLM`` for compilation. Design after
+gpt-fast's ``KVCache`` and Hugging Face's ``StaticCache``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tinylm.core.registry import CACHES
+
+
+class StaticCache:
+    """Fixed-size KV buffers; ``position`` is the next write index (kept on the device)."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        max_seq_len: int,
+        n_kv_heads: int,
+        head_dim: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if batch_size < 1 or max_seq_len < 1:
+            raise ValueError(f"batch_size and max_seq_len must be >= 1, got {batch_size}, {max_seq_len}")
+        shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.key_valid = torch.zeros(batch_size, max_seq_len, dtype=torch.bool, device=device)  # not padding
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.slots = torch.arange(max_seq_len, device=device)
+        self.batch_size, self.max_seq_len = batch_size, max_seq_len
+        self._len = 0
+
+    def get_seq_length(self) -> int:
+        return self._len
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the key/value buffers (allocated up front, whatever the length)."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def _write_index(self, t: int) -> torch.Tensor:
+        return self.position + torch.arange(t, device=self.position.device)  # (T,)
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, t, _ = k.shape
+        if b != self.batch_size:
+            raise ValueError(f"static cache was built for batch {self.batch_size}, got a batch of {b}")
+        if self._len + t > self.max_seq_len:
+            raise ValueError(
+                f"static cache holds {self.max_seq_len} positions; {self._len} stored + {t} new is too many "
+                "(build it with a larger max_seq_len)"
+            )
+        idx = self._write_index(t)
+        self.keys[layer_idx].index_copy_(2, idx, k.to(self.keys[layer_idx].dtype))
+        self.values[layer_idx].index_copy_(2, idx, v.to(self.values[layer_idx].dtype))
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def attention_mask(self, layer_idx: int, ctx: Any) -> torch.Tensor:
+        """``(B, 1, T, max_seq_len)``: causal over the filled slots, padding keys off, a query sees itself."""
+        if "static_mask" in ctx.memo:
+            return ctx.memo["static_mask"]
+        t = ctx.positions.shape[-1]
+        idx = self._write_index(t)  # (T,) slot of each query
+        if ctx.mask is not None:  # last row of the model's mask: real keys vs padding
+            real = ctx.mask[:, 0, -1, self._len : self._len + t].expand(self.batch_size, t)
+        else:
+            real = torch.ones(self.batch_size, t, dtype=torch.bool, device=idx.device)
+        self.key_valid.index_copy_(1, idx, real)
+        causal = self.slots[None, :] <= idx[:, None]  # (T, L)
+        mask = (causal[None] & self.key_valid[:, None, :]) | (self.slots[None, :] == idx[:, None])[None]
+        ctx.memo["static_mask"] = mask[:, None]  # (B, 1, T, L)
+        return ctx.memo["static_mask"]
+
+    def advance(self, n: int) -> None:
+        self._len += n
+        self.position.add_(n)
+
+    def mark_static_addresses(self) -> None:
+        """Tell torch.compile the buffers never move, so CUDA graphs can write them in place."""
+        for t in [*self.keys, *self.values, self.key_valid, self.position]:
+            torch._dynamo.mark_static_address(t)
+
+
+def decode_step(
+    model: Any, cache: StaticCache, tokens: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """Logits ``(B, 1, vocab)`` of one fixed-shape decode step; the caller then calls ``cache.advance(1)``.
+
+    The body of ``TinyLM.forward`` without its Python-int bookkeeping (past length, mask of growing width),
+    so ``torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)`` captures one graph for all
+    steps. ``tokens``, ``positions``: ``(B, 1)``.
+    """
+    from tinylm.core.components.attention import AttentionContext
+
+    ctx = AttentionContext(positions=positions, mask=None, positional=model.pos, cache=cache)
+    x = model.pos.embed(model.tok_emb(tokens), positions)  # (B, 1, dim)
+    for layer in model.layers:
+        x = layer(x, ctx)
+    if model.norm is not None:
+        x = model.norm(x)
+    return model.lm_head(x)
+
+
+def model_cache_shape(config: Any) -> dict[str, int]:
+    """``n_layers``, ``n_kv_heads`` and ``head_dim`` of a ``ModelConfig``."""
+    return {"n_layers": config.n_layers, "n_kv_heads": config.n_kv_heads, "head_dim": config.head_dim}
+
+
+@CACHES.register("static")
+def static_cache(
+    config: Any, batch_size: int, max_seq_len: int, device: Any = "cpu", dtype: Any = torch.float32, **_: Any
+) -> StaticCache:
+    """Factory for ``CACHES``: buffers for ``batch_size`` rows of ``max_seq_len`` positions."""
+    shape = model_cache_shape(config)
+    return StaticCache(batch_size=batch_size, max_seq_len=max_seq_len, device=device, dtype=dtype, **shape)
