@@ -128,9 +128,10 @@ def test_errors():
         fused_linear_cross_entropy(x, w, labels, chunk_size=0)
 
 
-def test_default_chunk_keeps_a_chunk_of_logits_about_the_size_of_x():
-    # ceil(32000 / 512) = 63 chunks of ceil(4096 / 63) = 66 rows, rounded up to a power of two
-    assert default_chunk_size(4096, 512, 32000) == 128
+def test_default_chunk_is_the_fewest_chunks_of_at_most_128_mib_of_logits():
+    assert default_chunk_size(2048, 512, 32000) == 2048  # 125 MiB of bf16 logits: one chunk
+    assert default_chunk_size(8192, 1024, 32000) == 2048  # 500 MiB: four chunks
+    assert default_chunk_size(8192, 1024, 128256, itemsize=4) == 256  # 4 GiB: 32 chunks
     assert default_chunk_size(3, 8, 4) == 4 and default_chunk_size(1, 1, 1) == 1
 
 

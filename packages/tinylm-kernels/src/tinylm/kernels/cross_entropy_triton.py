@@ -8,6 +8,8 @@ over ``V`` in blocks (an online softmax, Milakov & Gimelshein 2018, arXiv 1805.0
              loss = lse - z[y]                                             (0 where y == ignore_index)
     pass 2   z <- exp(z - lse) - onehot(y)                                 (in place; 0 on ignored rows)
 
+A row of at most ``MAX_BLOCK`` columns is one block: it stays in registers and is read once.
+
 so the chunk's logits become d(sum of losses)/d(logits) without another buffer, ready for
 ``dx_c = g @ W`` and ``dW += g.T @ x_c``. Statistics are in float32 (float64 for float64 inputs).
 
@@ -38,7 +40,7 @@ MAX_BLOCK = 32768  # columns per block; larger vocabularies are walked in severa
 @triton.jit
 def _cross_entropy_kernel(
     LOGITS, LABELS, LOSS, stride, n_cols, ignore_index,
-    COMPUTE_GRAD: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, SINGLE: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     z_row = LOGITS + row * stride
@@ -50,6 +52,19 @@ def _cross_entropy_kernel(
             for start in range(0, n_cols, BLOCK):
                 zero = tl.zeros((BLOCK,), dtype=LOGITS.dtype.element_ty)
                 tl.store(z_row + start + cols, zero, mask=start + cols < n_cols)
+        return
+    if SINGLE:  # the row fits one block: keep it in registers, read the logits once
+        mask = cols < n_cols
+        z = tl.load(z_row + cols, mask=mask, other=float("-inf")).to(ACC)
+        m = tl.max(z, axis=0)
+        e = tl.exp(z - m)
+        s = tl.sum(e, axis=0)
+        lse = m + tl.log(s)
+        tl.store(LOSS + row, lse - tl.sum(tl.where(cols == label, z, 0.0), axis=0))
+        if COMPUTE_GRAD:
+            g = e / s
+            g = tl.where(cols == label, g - 1.0, g)
+            tl.store(z_row + cols, g.to(LOGITS.dtype.element_ty), mask=mask)
         return
     # pass 1: online max and sum of exponentials; the first block initialises them (typed as ACC)
     z = tl.load(z_row + cols, mask=cols < n_cols, other=float("-inf")).to(ACC)
@@ -86,7 +101,8 @@ def logits_to_loss_and_grad_triton(
     num_warps = 4 if block <= 2048 else 8 if block <= 8192 else 16
     _cross_entropy_kernel[(n_rows,)](
         logits, labels.contiguous(), loss, logits.stride(0), n_cols, ignore_index,
-        COMPUTE_GRAD=compute_grad, ACC=accumulator_dtype(logits.dtype), BLOCK=block, num_warps=num_warps,
+        COMPUTE_GRAD=compute_grad, ACC=accumulator_dtype(logits.dtype), BLOCK=block, SINGLE=n_cols <= block,
+        num_warps=num_warps,
     )  # fmt: skip
     return loss
 
