@@ -7,6 +7,7 @@ copy-on-write), ``quantized`` / ``quantized_int4`` (int8/int4 codes, per-token p
 """
 
 from tinylm.cache.block_allocator import BlockAllocator, PoolExhaustedError
+from tinylm.cache.engine import Engine, Request
 from tinylm.cache.paged import PagedCache
 from tinylm.cache.quantized import QuantizedCache
 from tinylm.cache.sliding_window import SlidingWindowCache
@@ -14,9 +15,11 @@ from tinylm.cache.static import StaticCache, decode_step
 
 __all__ = [
     "BlockAllocator",
+    "Engine",
     "PagedCache",
     "PoolExhaustedError",
     "QuantizedCache",
+    "Request",
     "SlidingWindowCache",
     "StaticCache",
     "decode_step",
