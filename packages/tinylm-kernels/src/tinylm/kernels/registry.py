@@ -107,12 +107,13 @@ def choose(op: str, backend: str | None = None, device: torch.device | str | Non
         impl = impls.get(name)
         if impl is None or not impl.runs_on(device):
             continue
+        quiet = torch.compiler.is_compiling()  # a log call inside a compiled region is a graph break
         if impl.available():
-            if (op, name) not in _logged:
+            if (op, name) not in _logged and not quiet:
                 _logged.add((op, name))
                 log.info("tinylm.kernels: %s uses the %s backend", op, name)
             return impl
-        if (op, name) not in _logged:
+        if (op, name) not in _logged and not quiet:
             _logged.add((op, name))
             log.info("tinylm.kernels: %s skips the %s backend: %s", op, name, impl.why_unavailable())
     raise RuntimeError(f"no available backend for op {op!r}")
