@@ -40,6 +40,7 @@ from tinylm.core.registry import (
     NORMS,
     POSITIONALS,
     QUANT_SCHEMES,
+    ROUTERS,
     Registry,
     UnknownNameError,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "NORMS",
     "POSITIONALS",
     "QUANT_SCHEMES",
+    "ROUTERS",
     "SIZE_PRESETS",
     "TOKENIZERS",
     "ArchitectureConfig",
