@@ -42,6 +42,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     dtype: str = "float32"  # autocast dtype: float32 | bfloat16 | float16 (GradScaler on CUDA)
     compile: bool = False
+    cuda_graph: bool = False  # replay forward+backward from CUDA graphs (single CUDA device, no compile)
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
     eval_interval: int = 200
     eval_batches: int = 20
