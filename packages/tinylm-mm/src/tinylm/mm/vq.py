@@ -158,7 +158,7 @@ def train_vq(
         opt.zero_grad(set_to_none=True)
         (mse + quantized.loss).backward()
         opt.step()
-        history.append(float(mse))
+        history.append(mse.item())
     model.eval()
     return history
 
