@@ -89,3 +89,5 @@ STRATEGIES: Registry = Registry("training strategy")
 # Routers (tinylm.core.components.routing): name -> function(cfg, block, layer_idx) -> module used as that
 # layer. ``none`` returns the block; others wrap it (mixture-of-depths) or change its parts (head routing).
 ROUTERS: Registry = Registry("router")
+# Synthetic tasks (tinylm.core.data.tasks): name -> function(random.Random) -> (text, answer positions).
+TASKS: Registry = Registry("task")

@@ -18,6 +18,7 @@ from tinylm.core.data.datasets import (
     register_dataset,
 )
 from tinylm.core.data.synthetic_stories import generate_stories
+from tinylm.core.data.tasks import TASKS, evaluate_task, register_task
 from tinylm.core.data.token_cache import (
     TokenSplits,
     build_data,
@@ -32,6 +33,7 @@ from tinylm.core.registry import DATASETS, TOKENIZERS
 
 __all__ = [
     "DATASETS",
+    "TASKS",
     "TOKENIZERS",
     "BPETokenizer",
     "BatchIterator",
@@ -48,11 +50,13 @@ __all__ = [
     "build_tokenizer",
     "dataset_identity",
     "default_cache_dir",
+    "evaluate_task",
     "generate_stories",
     "iter_documents",
     "load_tokenizer",
     "prepare_tokens",
     "register_dataset",
+    "register_task",
     "split_documents",
     "training_texts",
 ]
