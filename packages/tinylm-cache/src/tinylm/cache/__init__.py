@@ -7,6 +7,7 @@ copy-on-write), ``quantized`` / ``quantized_int4`` (int8/int4 codes, per-token p
 """
 
 from tinylm.cache.block_allocator import BlockAllocator, PoolExhaustedError
+from tinylm.cache.c2c import C2CFuser, c2c_generate, c2c_loss
 from tinylm.cache.engine import Engine, Request
 from tinylm.cache.paged import PagedCache
 from tinylm.cache.quantized import QuantizedCache
@@ -15,6 +16,7 @@ from tinylm.cache.static import StaticCache, decode_step
 
 __all__ = [
     "BlockAllocator",
+    "C2CFuser",
     "Engine",
     "PagedCache",
     "PoolExhaustedError",
@@ -22,5 +24,7 @@ __all__ = [
     "Request",
     "SlidingWindowCache",
     "StaticCache",
+    "c2c_generate",
+    "c2c_loss",
     "decode_step",
 ]
