@@ -22,9 +22,9 @@ class StaticCache:
 
     def __init__(
         self,
-        n_layers: int,
         batch_size: int,
         max_seq_len: int,
+        n_layers: int,
         n_kv_heads: int,
         head_dim: int,
         device: torch.device | str = "cpu",
@@ -55,7 +55,8 @@ class StaticCache:
         b, _, t, _ = k.shape
         if b != self.batch_size:
             raise ValueError(f"static cache was built for batch {self.batch_size}, got a batch of {b}")
-        if self._len + t > self.max_seq_len:
+        # (skipped while torch.compile traces, so the growing length is no guard: one graph for all steps)
+        if not torch.compiler.is_compiling() and self._len + t > self.max_seq_len:
             raise ValueError(
                 f"static cache holds {self.max_seq_len} positions; {self._len} stored + {t} new is too many "
                 "(build it with a larger max_seq_len)"
@@ -109,6 +110,28 @@ def decode_step(
     if model.norm is not None:
         x = model.norm(x)
     return model.lm_head(x)
+
+
+@torch.no_grad()
+def static_greedy_generate(
+    model: Any, input_ids: torch.Tensor, max_new_tokens: int, step_fn: Any = None
+) -> torch.Tensor:
+    """Greedy ``input_ids`` ``(B, P)`` + ``max_new_tokens`` tokens through a ``StaticCache``: one prefill
+    with ``model``, then ``step_fn`` (default ``decode_step``; pass a ``torch.compile``d one) per token."""
+    step_fn = step_fn or decode_step
+    b, p = input_ids.shape
+    param = next(model.parameters())
+    cache = StaticCache(b, p + max_new_tokens, device=param.device, dtype=param.dtype,
+                        **model_cache_shape(model.config))  # fmt: skip
+    nxt = model(input_ids, cache=cache).logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+    out = [nxt]
+    pos = torch.full((b, 1), p, dtype=torch.long, device=param.device)
+    for _ in range(max_new_tokens - 1):
+        nxt = step_fn(model, cache, nxt, pos)[:, -1].argmax(-1, keepdim=True)
+        cache.advance(1)
+        pos = pos + 1
+        out.append(nxt)
+    return torch.cat([input_ids, *out], dim=1)
 
 
 def model_cache_shape(config: Any) -> dict[str, int]:

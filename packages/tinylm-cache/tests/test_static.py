@@ -1,0 +1,43 @@
+"""Static cache: fixed shapes, a clear error when full, and a decode step that compiles to one graph."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tinylm.cache import StaticCache
+from tinylm.cache.conformance import tiny_model
+from tinylm.cache.static import decode_step, static_greedy_generate
+from tinylm.core.generate import generate
+
+
+def test_buffers_keep_their_shape_and_overflow_is_a_clear_error() -> None:
+    model = tiny_model()
+    c = model.config
+    cache = StaticCache(2, 8, c.n_layers, c.n_kv_heads, c.head_dim, dtype=torch.float64)
+    before = [k.data_ptr() for k in cache.keys]
+    model(torch.randint(0, 97, (2, 6)), cache=cache)
+    assert [k.data_ptr() for k in cache.keys] == before and cache.keys[0].shape == (2, 2, 8, 16)
+    assert cache.memory_bytes() == 2 * 2 * (2 * 2 * 8 * 16) * 8
+    with pytest.raises(ValueError, match="holds 8 positions; 6 stored \\+ 3 new"):
+        model(torch.randint(0, 97, (2, 3)), cache=cache)
+    with pytest.raises(ValueError, match="built for batch 2"):
+        model(torch.randint(0, 97, (1, 1)), cache=cache)
+
+
+def test_eager_decode_step_matches_generate() -> None:
+    model = tiny_model()
+    prompt = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(3))
+    ref = generate(model, prompt, 12, temperature=0.0, use_cache=False)
+    assert torch.equal(static_greedy_generate(model, prompt, 12), ref)
+
+
+def test_compiled_decode_step_is_one_graph_without_recompiles() -> None:
+    model = tiny_model().float()
+    prompt = torch.randint(0, 97, (1, 4), generator=torch.Generator().manual_seed(4))
+    ref = generate(model, prompt, 8, temperature=0.0, use_cache=False)
+    torch._dynamo.reset()
+    compiled = torch.compile(decode_step, backend="aot_eager", fullgraph=True, dynamic=False)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        out = static_greedy_generate(model, prompt, 8, step_fn=compiled)
+    assert torch.equal(out, ref)
