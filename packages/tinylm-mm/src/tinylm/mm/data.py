@@ -12,6 +12,7 @@ Every builder returns ``(train, test)`` ``CaptionData`` split by a seeded permut
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import wave
@@ -62,14 +63,20 @@ def split(data: CaptionData, test_fraction: float, seed: int) -> tuple[CaptionDa
     return data.subset(order[n_test:]), data.subset(order[:n_test])
 
 
+@functools.cache
+def _sklearn_digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits  # imported lazily: scikit-learn is slow to import
+
+    bunch = load_digits()
+    return bunch.images, bunch.target
+
+
 @MM_DATASETS.register("mm_digits")
 def digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[CaptionData, CaptionData]:
     """scikit-learn's 8x8 digits scaled to [0, 1], captioned with the digit's English name."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = torch.tensor(bunch.images, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8)
-    captions = [DIGIT_NAMES[int(t)] for t in bunch.target]
+    pixels, labels = _sklearn_digits()
+    images = torch.tensor(pixels, dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8)
+    captions = [DIGIT_NAMES[int(t)] for t in labels]
     pre = {"image_size": 8, "channels": 1}
     return split(CaptionData("image", images, captions, pre), test_fraction, seed)
 
@@ -143,7 +150,7 @@ def load_wav(path: str | Path, sample_rate: int, num_samples: int | None = None)
     x = x.reshape(-1, ch).mean(1)
     if rate != sample_rate and len(x) > 1:
         n_out = max(1, round(len(x) * sample_rate / rate))
-        x = np.interp(np.linspace(0, len(x) - 1, n_out), np.arange(len(x)), x)
+        x = np.interp(np.arange(n_out) * (rate / sample_rate), np.arange(len(x)), x)
     if num_samples is not None:
         x = np.pad(x[:num_samples], (0, max(0, num_samples - len(x))))
     return torch.from_numpy(x.astype(np.float32))
