@@ -28,17 +28,12 @@ from tqdm import tqdm
 
 from tinylm.core.model.transformer import IGNORE_INDEX
 from tinylm.dist.config import TrainConfig
+from tinylm.dist.cuda_graph import CUDAGraphTrainModel, check_cuda_graph_config
 from tinylm.dist.metrics import MetricsLogger, format_summary, plot_loss_curve, read_metrics
 from tinylm.dist.optim import build_optimizer
 from tinylm.dist.schedules import lr_at
 from tinylm.dist.strategy import SingleDevice, Strategy
-from tinylm.dist.train_state import (
-    capture_rng_state,
-    load_train_state,
-    restore_rng_state,
-    save_training_checkpoint,
-    seed_everything,
-)
+from tinylm.dist.train_state import capture_rng_state, restore_rng_state, seed_everything
 
 log = logging.getLogger(__name__)
 AMP_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -89,8 +84,11 @@ class Trainer:
         self._decodable = getattr(tokenizer, "vocab_size", None)  # a padded model vocab may sample more
         seed_everything(cfg.seed + self.strategy.rank)  # dropout masks differ across ranks
 
-        self.train_model = self.strategy.setup(model)
+        self.train_model = self.strategy.setup(model, compile=cfg.compile)
         self.model = self.strategy.unwrap(self.train_model)  # the plain TinyLM: saving and sampling
+        if cfg.cuda_graph:  # after unwrap: self.model stays the plain model
+            check_cuda_graph_config(self.device, cfg.compile, self.strategy.world_size)
+            self.train_model = CUDAGraphTrainModel(self.train_model, AMP_DTYPES[cfg.dtype])
         vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
         if self._decodable is not None and vocab is not None and self._decodable > vocab:
             raise ValueError(
@@ -99,8 +97,6 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.model, cfg.lr, cfg.weight_decay, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps
         )
-        if cfg.compile:
-            self.train_model = torch.compile(self.train_model)
         self.amp_dtype = AMP_DTYPES[cfg.dtype]
         use_scaler = self.amp_dtype is torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
@@ -163,7 +159,7 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")  # inf: measure, don't clip
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        grad_norm = self.strategy.clip_grad_norm(self.model, max_norm)
         bad = None
         if not math.isfinite(loss):
             bad = ("the loss", loss)
@@ -258,13 +254,12 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def training_state(self) -> dict[str, Any]:
-        """What ``train_state.pt`` holds: step, counters, optimizer, scaler, RNG and data positions."""
+        """What a checkpoint holds besides model and optimizer: step, counters, scaler, RNG, data."""
         return {
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "elapsed": self._elapsed(),
             "best_val_loss": self.best_val_loss,
-            "optimizer": self.strategy.optimizer_state(self.train_model, self.optimizer),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "rng": capture_rng_state(self.device),
             "data": {
@@ -276,20 +271,13 @@ class Trainer:
     def save_checkpoint(self, name: str = "last") -> Path:
         """Write ``out_dir/checkpoints/<name>`` atomically (model, tokenizer, trainer.json, train_state)."""
         path = self.checkpoint_dir / name
-        bad = next((n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+        bad = self.strategy.all_finite(self.model)
         if bad is not None:  # never replace a good checkpoint with broken weights
             raise TrainingDivergedError(self.step, f"the weight {bad}", "not finite", self.last_checkpoint)
-        state = self.training_state()  # on every process: a sharded optimizer state is gathered here
-        if self.strategy.is_main:
-            save_training_checkpoint(
-                path,
-                lambda d: self.strategy.write_model(self.model, d),
-                state,
-                self.config.to_dict(),
-                tokenizer=self.tokenizer,
-                state_name=self.strategy.train_state_name(),
-            )
-        self.strategy.barrier()
+        state = self.training_state()
+        self.strategy.save_checkpoint(
+            path, self.train_model, self.optimizer, state, self.config.to_dict(), self.tokenizer
+        )
         if name == "last":
             self.last_checkpoint = path
         return path
@@ -297,9 +285,7 @@ class Trainer:
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore model, optimizer, scaler, step, counters, data positions and RNG from a checkpoint."""
         path = Path(path)
-        state = load_train_state(path, self.strategy.train_state_name())
-        self.strategy.load_model(self.model, path)
-        self.strategy.load_optimizer_state(self.train_model, self.optimizer, state["optimizer"])
+        state = self.strategy.load_checkpoint(path, self.train_model, self.optimizer)
         if self.scaler is not None and state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.train_data.load_state_dict(state["data"]["train"])
@@ -308,7 +294,10 @@ class Trainer:
         self.step, self.tokens_seen = int(state["step"]), int(state["tokens_seen"])
         self.best_val_loss = state["best_val_loss"]
         self._elapsed_before, self._t0 = float(state["elapsed"]), time.perf_counter()
-        restore_rng_state(state["rng"])
+        if state["rng"] is not None:
+            restore_rng_state(state["rng"])
+        else:  # saved on another number of processes: fresh per-rank streams
+            seed_everything(self.config.seed + self.strategy.rank + 1_000_003 * self.step)
         self.last_checkpoint = path
         self._say(f"resumed from {path} at step {self.step}")
 
