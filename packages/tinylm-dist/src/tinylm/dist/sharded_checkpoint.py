@@ -20,8 +20,11 @@ follow) and the returned ``rng`` is None (the Trainer reseeds per rank). Everyth
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +128,8 @@ def load_sharded_checkpoint(
     model_state, optim_state = get_state_dict(plain, optimizer)
     both = {"model": model_state, "optim": optim_state}
     try:
-        dcp.load(both, checkpoint_id=path / DCP_DIR, no_dist=not dist.is_initialized())
+        with _single_process_quiet():
+            dcp.load(both, checkpoint_id=path / DCP_DIR, no_dist=not dist.is_initialized())
     except Exception as e:  # missing shard, another model's checkpoint, ...
         raise CheckpointError(f"{path / DCP_DIR}: cannot load the sharded state: {e}") from None
     set_state_dict(plain, optimizer, model_state_dict=both["model"], optim_state_dict=both["optim"])
@@ -136,6 +140,13 @@ def load_sharded_checkpoint(
         rng = None
         data = {k: rescale_data_state(v, saved_world, strategy.world_size) for k, v in shared["data"].items()}
     return {**shared, "rng": rng, "data": data}
+
+
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    with warnings.catch_warnings():  # loading on one process without a process group is what we mean
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def rescale_data_state(state: dict[str, Any] | None, old_world: int, new_world: int) -> dict[str, Any] | None:
@@ -169,7 +180,8 @@ def export_consolidated(checkpoint: str | Path, out_dir: str | Path) -> Path:
     state = model.state_dict()
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)  # the same tensor as tok_emb.weight: load it once
-    dcp.load({"model": state}, checkpoint_id=checkpoint / DCP_DIR, no_dist=True)
+    with _single_process_quiet():
+        dcp.load({"model": state}, checkpoint_id=checkpoint / DCP_DIR, no_dist=True)
     out = save_checkpoint(model, out_dir)
     if (checkpoint / "tokenizer.json").is_file():
         shutil.copy(checkpoint / "tokenizer.json", out / "tokenizer.json")
