@@ -17,6 +17,7 @@ Hooks shared by all routed components (none of them is specific to one router):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,14 +32,14 @@ if TYPE_CHECKING:
 def plugin_options(cfg: ModelConfig, name: str, defaults: dict[str, Any]) -> dict[str, Any]:
     """``defaults`` updated with ``cfg.extra[name]``; an unknown key raises naming the allowed ones."""
     given = cfg.extra.get(name) or {}
-    if not isinstance(given, dict):
+    if not isinstance(given, Mapping):
         raise ValueError(f"model.extra.{name} must be a mapping of options, got {given!r}")
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise ValueError(
             f"unknown model.extra.{name} options {unknown}; allowed: {', '.join(sorted(defaults))}"
         )
-    return {**defaults, **given}
+    return {**defaults, **dict(given)}
 
 
 def collect_aux_loss(model: nn.Module) -> torch.Tensor | None:
