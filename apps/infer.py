@@ -16,6 +16,7 @@ import torch
 from tinylm.core import CheckpointError, load_checkpoint
 from tinylm.core.data import load_tokenizer
 from tinylm.core.generate import stream
+from tinylm.mm import caption_file
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models"
 
@@ -33,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    media = p.add_mutually_exclusive_group()  # captioners (tinylm-mm): --ckpt <train run dir>/captioner
+    media.add_argument("--image", help="caption this image file (greedy) with a tinylm-mm captioner")
+    media.add_argument("--audio", help="caption this WAV file (greedy) with a tinylm-mm captioner")
     return p.parse_args(argv)
 
 
@@ -55,6 +59,10 @@ def pick_device(name: str) -> torch.device:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.image or args.audio:
+            modality, path = ("image", args.image) if args.image else ("audio", args.audio)
+            print(caption_file(resolve_checkpoint(args.ckpt), path, modality, args.device, seed=args.seed))
+            return 0
         if not args.prompt:
             raise ValueError("empty prompt: pass some text with --prompt")
         device = pick_device(args.device)

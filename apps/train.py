@@ -19,6 +19,7 @@ from tinylm.core import CheckpointError, ModelConfig, TinyLM
 from tinylm.core.data import BatchIterator, DataConfig, PackedBlocks, build_data
 from tinylm.dist import TrainConfig, Trainer
 from tinylm.dist.report import finish_run
+from tinylm.mm import MM_DATASETS, run_captioner
 
 log = logging.getLogger("train")
 
@@ -51,10 +52,16 @@ def run(cfg: DictConfig) -> dict:
     )
 
 
+def run_captioner_job(cfg: DictConfig) -> dict:
+    """data=mm_*: a tinylm-mm captioner, trained by its own loop (the text Trainer takes token batches)."""
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    return run_captioner(plain(cfg.data), plain(cfg.model), out_dir, device=cfg.training.device)
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     try:
-        run(cfg)
+        run_captioner_job(cfg) if cfg.data.name in MM_DATASETS else run(cfg)
     except (ValueError, KeyError, FileNotFoundError, CheckpointError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

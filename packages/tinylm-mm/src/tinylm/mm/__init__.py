@@ -13,6 +13,7 @@ conv downsampler), ``vq_audio`` (log-mel VQ-VAE codes). Data (``MM_DATASETS``): 
 """
 
 from tinylm.mm.audio import AudioEncoderConfig, LogMel, MelConfig, WhisperEncoder, mel_filter_bank
+from tinylm.mm.captioning import caption_file, run_captioner, write_examples
 from tinylm.mm.data import MM_DATASETS, CaptionData, batches, collate, load_media, write_png, write_wav
 from tinylm.mm.encoders import MEDIA_ENCODERS, VQAudioTokenizer, VQImageTokenizer
 from tinylm.mm.model import (
@@ -56,13 +57,16 @@ __all__ = [
     "batches",
     "build_captioner",
     "caption_accuracy",
+    "caption_file",
     "collate",
     "is_captioner",
     "load_captioner",
     "load_media",
     "mel_filter_bank",
+    "run_captioner",
     "save_captioner",
     "train_captioner",
+    "write_examples",
     "write_png",
     "write_wav",
 ]
