@@ -81,7 +81,8 @@ SIZE_PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(dim=128, n_layers=4, n_heads=4, max_seq_len=256),
     "small": dict(dim=384, n_layers=6, n_heads=6, max_seq_len=512),
     "medium": dict(dim=512, n_layers=8, n_heads=8, max_seq_len=1024),
-    "large": dict(dim=768, n_layers=12, n_heads=12, max_seq_len=1024),
+    "large": dict(dim=768, n_layers=12, n_heads=12, max_seq_len=1024),  # ~110M with a 16K vocab
+    "xl": dict(dim=1024, n_layers=24, n_heads=16, max_seq_len=1024),  # ~340M with a 16K vocab
 }
 
 
