@@ -17,6 +17,7 @@ fake quantization imitated; its logits equal the fake-quantized model's (tested)
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from torch import nn
 from torchao.quantization import quantize_
@@ -39,21 +40,28 @@ def _target(scheme: str) -> str:
     return QAT_SCHEMES[scheme]
 
 
-def prepare_qat(model: nn.Module, scheme: str, keep: Iterable[str] = DEFAULT_KEEP) -> nn.Module:
-    """Insert fake quantization for ``scheme`` (a ``QAT_SCHEMES`` name) into ``model`` in place."""
+def prepare_qat(
+    model: nn.Module, scheme: str, keep: Iterable[str] = DEFAULT_KEEP, **options: Any
+) -> nn.Module:
+    """Insert fake quantization for ``scheme`` (a ``QAT_SCHEMES`` name) into ``model`` in place.
+
+    ``options`` go to the target scheme's config (``group_size=None`` for one scale per row, ``bits=3``)
+    and are used again by ``convert_qat``.
+    """
     target = _target(scheme)
     spec = QUANT_SCHEMES.get(target)
     keep = list(keep)
-    info = QuantInfo(scheme=scheme, keep=keep)
+    info = QuantInfo(scheme=scheme, options=dict(options), keep=keep)
     tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    chosen = linear_filter(keep, SCHEMES[target].group_size, info.skipped, tied)
+    group = options.get("group_size", SCHEMES[target].group_size)
+    chosen = linear_filter(keep, group, info.skipped, tied)
     info.quantized = [n for n, m in model.named_modules() if chosen(m, n)]
     if not info.quantized:
         raise ValueError(f"{scheme}: no linear layer left to fake-quantize (keep={keep})")
     quantize_(
         model,
-        QATConfig(spec.config(), step="prepare"),
-        filter_fn=linear_filter(keep, spec.group_size, tied=tied),
+        QATConfig(spec.config(**options), step="prepare"),
+        filter_fn=linear_filter(keep, group, tied=tied),
     )
     model.quantization = info
     return model
@@ -75,4 +83,4 @@ def convert_qat(model: nn.Module) -> nn.Module:
             if isinstance(child, FakeQuantizedLinear):
                 setattr(parent, name, child.to_linear())
     # The float weights learned under fake quantization, quantized by the matching PTQ scheme.
-    return quantize(model, target, keep=info.keep)
+    return quantize(model, target, keep=info.keep, **info.options)

@@ -110,13 +110,27 @@ def _int4_tinygemm(group_size: int = 128, **options: Any) -> Int4WeightOnlyConfi
     return Int4WeightOnlyConfig(group_size=group_size, int4_packing_format="tile_packed_to_4d", **options)
 
 
-def _intx4(group_size: int = 32, **options: Any) -> IntxWeightOnlyConfig:
-    return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size), **options)
+def _intx_granularity(bits: int, group_size: int | None) -> dict[str, Any]:
+    if bits not in range(2, 9):
+        raise ValueError(f"bits must be 2..8, got {bits}")
+    return {
+        "dtype": getattr(torch, f"int{bits}"),
+        "granularity": PerAxis(0) if group_size is None else PerGroup(group_size),
+    }
 
 
-def _int8_dynamic_int4(group_size: int = 32, **options: Any) -> Int8DynamicActivationIntxWeightConfig:
+def _intx4(group_size: int | None = 32, bits: int = 4, **options: Any) -> IntxWeightOnlyConfig:
+    # group_size None: one scale per output row
+    g = _intx_granularity(bits, group_size)
+    return IntxWeightOnlyConfig(weight_dtype=g["dtype"], granularity=g["granularity"], **options)
+
+
+def _int8_dynamic_int4(
+    group_size: int | None = 32, bits: int = 4, **options: Any
+) -> Int8DynamicActivationIntxWeightConfig:
+    g = _intx_granularity(bits, group_size)
     return Int8DynamicActivationIntxWeightConfig(
-        weight_dtype=torch.int4, weight_granularity=PerGroup(group_size), **options
+        weight_dtype=g["dtype"], weight_granularity=g["granularity"], **options
     )
 
 
