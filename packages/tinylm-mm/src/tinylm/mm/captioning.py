@@ -45,6 +45,7 @@ def run_captioner(
     train_args.setdefault("device", resolve_device(device))
     cfg = CaptionTrainConfig(**train_args)
     train, test = MM_DATASETS.build(data["name"], **(data.get("options") or {}))
+    torch.manual_seed(cfg.seed)  # the initial weights too: a run is reproducible from its config
     captioner, tokenizer = build_captioner(train, model["lm"], model["encoders"])
     n_params = sum(p.numel() for p in captioner.parameters())
     print(f"{data['name']}: {len(train)} train / {len(test)} held-out {train.modality} examples, "
