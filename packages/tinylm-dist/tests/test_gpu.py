@@ -68,3 +68,34 @@ def test_compiled_model_trains_and_saves_plain_weights(tmp_path, tiny_model, tra
 
     reloaded = load_checkpoint(tmp_path / "checkpoints" / "last")  # no "_orig_mod." prefixes in the keys
     assert torch.equal(reloaded.tok_emb.weight, trainer.model.tok_emb.weight.cpu())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ddp", "fsdp2"])
+def test_parallel_strategies_compose_with_compile_bf16_and_checkpointing_on_cuda(
+    tmp_path, tiny_model, train_config, batches, name
+):
+    """A one-process NCCL group: compiled blocks + activation checkpointing + bf16 train like SingleDevice."""
+    import torch.distributed as dist
+
+    from tinylm.dist import build_strategy
+
+    options = {"activation_checkpointing": True}
+    if name == "fsdp2":
+        options.update(param_dtype="bfloat16", reduce_dtype="float32")
+    strategy = build_strategy(name, "cuda", **options)
+    try:
+        cfg = train_config(device="cuda", compile=True, dtype="bfloat16", max_steps=6, eval_interval=3)
+        trainer = Trainer(
+            tiny_model(), cfg, batches(seed=1), batches(seed=2, n=2000), tmp_path / name, strategy=strategy
+        )
+        trainer.fit()
+    finally:
+        strategy.close()
+    assert not dist.is_initialized()
+    single_cfg = train_config(device="cuda", dtype="bfloat16", max_steps=6, eval_interval=3)
+    single = Trainer(tiny_model(), single_cfg, batches(seed=1), batches(seed=2, n=2000), tmp_path / "single")
+    single.fit()
+    got = [r["loss"] for r in read_metrics(tmp_path / name / "metrics.jsonl", kind="train")]
+    want = [r["loss"] for r in read_metrics(tmp_path / "single" / "metrics.jsonl", kind="train")]
+    assert len(got) == 6 and got == pytest.approx(want, abs=0.05)  # bf16 and compiled kernels: close
