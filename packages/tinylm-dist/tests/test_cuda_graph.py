@@ -45,7 +45,7 @@ def test_graphed_training_matches_eager_training(tmp_path, tiny_model, train_con
         trainer = Trainer(model, cfg, batches(), out_dir=tmp_path / str(graph))
         losses[graph] = [trainer.train_step()["loss"] for _ in range(6)]
         if graph:
-            assert trainer.train_model.captured == 1
+            assert trainer.step_model.captured == 1
     tol = 1e-5 if dtype == "float32" else 2e-2
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=tol, atol=tol)
     assert losses[True][-1] < losses[True][0]  # it learns

@@ -74,14 +74,17 @@ class CUDAGraphTrainModel(nn.Module):
             return self.model(x, labels=labels, loss_reduction=loss_reduction, **kwargs)
         key = (tuple(x.shape), x.dtype, tuple(labels.shape), labels.dtype, loss_reduction)
         graphed = self._graphs.get(key)
-        if graphed is None:
-            if len(self._graphs) >= self.max_graphs:
-                return self.model(x, labels=labels, loss_reduction=loss_reduction)
-            graphed = torch.cuda.make_graphed_callables(
-                _LossOf(self.model, self.amp_dtype, loss_reduction), (x, labels)
-            )
-            self._graphs[key] = graphed
-        return GraphedOutput(graphed(x, labels))
+        if graphed is None and len(self._graphs) >= self.max_graphs:
+            return self.model(x, labels=labels, loss_reduction=loss_reduction)
+        # A caller's autocast (with its cast cache) is switched off around capture and replay: the graph
+        # holds its own autocast (cache off), and make_graphed_callables refuses a caching one.
+        with torch.autocast("cuda", enabled=False):
+            if graphed is None:
+                graphed = torch.cuda.make_graphed_callables(
+                    _LossOf(self.model, self.amp_dtype, loss_reduction), (x, labels)
+                )
+                self._graphs[key] = graphed
+            return GraphedOutput(graphed(x, labels))
 
 
 def check_cuda_graph_config(device: torch.device, compile: bool, world_size: int) -> None:

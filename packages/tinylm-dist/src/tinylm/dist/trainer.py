@@ -86,9 +86,10 @@ class Trainer:
 
         self.train_model = self.strategy.setup(model, compile=cfg.compile)
         self.model = self.strategy.unwrap(self.train_model)  # the plain TinyLM: saving and sampling
-        if cfg.cuda_graph:  # after unwrap: self.model stays the plain model
+        self.step_model: nn.Module = self.train_model  # what the training forward calls
+        if cfg.cuda_graph:
             check_cuda_graph_config(self.device, cfg.compile, self.strategy.world_size)
-            self.train_model = CUDAGraphTrainModel(self.train_model, AMP_DTYPES[cfg.dtype])
+            self.step_model = CUDAGraphTrainModel(self.train_model, AMP_DTYPES[cfg.dtype])
         vocab = getattr(getattr(self.model, "config", None), "vocab_size", None)
         if self._decodable is not None and vocab is not None and self._decodable > vocab:
             raise ValueError(
@@ -142,7 +143,7 @@ class Trainer:
             last = i == len(micro_batches) - 1
             with contextlib.nullcontext() if last else self.strategy.no_sync(self.train_model):
                 with self._autocast():
-                    loss_sum = self.train_model(x, labels=y, loss_reduction="sum").loss
+                    loss_sum = self.step_model(x, labels=y, loss_reduction="sum").loss
                 scaled = loss_sum / targets
                 self.strategy.backward(self.scaler.scale(scaled) if self.scaler is not None else scaled)
             total += loss_sum.detach().float()

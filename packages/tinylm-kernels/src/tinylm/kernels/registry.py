@@ -107,21 +107,31 @@ def choose(op: str, backend: str | None = None, device: torch.device | str | Non
         impl = impls.get(name)
         if impl is None or not impl.runs_on(device):
             continue
-        quiet = torch.compiler.is_compiling()  # a log call inside a compiled region is a graph break
         if impl.available():
-            if (op, name) not in _logged and not quiet:
+            if (op, name) not in _logged:
                 _logged.add((op, name))
                 log.info("tinylm.kernels: %s uses the %s backend", op, name)
             return impl
-        if (op, name) not in _logged and not quiet:
+        if (op, name) not in _logged:
             _logged.add((op, name))
             log.info("tinylm.kernels: %s skips the %s backend: %s", op, name, impl.why_unavailable())
     raise RuntimeError(f"no available backend for op {op!r}")
 
 
+def _chosen(op: str, backend: str | None, device_type: str | None) -> str:
+    return choose(op, backend, device_type).name
+
+
+# Run, not traced, under torch.compile (availability checks hash files and probe builds: graph breaks);
+# the compiled code keeps the backend chosen when it was compiled. This is what the decorator
+# torch.compiler.assume_constant_result does, without importing torch._dynamo (seconds) at import time.
+_chosen._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
 def dispatch(op: str, backend: str | None = None, device: torch.device | str | None = None) -> Callable:
     """The function implementing ``op`` on the chosen backend for tensors on ``device``."""
-    return choose(op, backend, device).fn
+    device_type = None if device is None else torch.device(device).type
+    return backends(op)[_chosen(op, backend, device_type)].fn
 
 
 def info_table() -> list[dict[str, str]]:

@@ -9,6 +9,7 @@ GQA/MQA: Ainslie et al., 2023, arXiv 2305.13245; Shazeer, 2019, arXiv 1911.02150
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -95,11 +96,8 @@ def sdpa_attention(
 
 
 def _flex_available() -> bool:
-    try:
-        from torch.nn.attention import flex_attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # find_spec, not import: importing flex_attention pulls in sympy (seconds at every start-up)
+    return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
 
 
 if _flex_available():
