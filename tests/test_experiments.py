@@ -55,7 +55,7 @@ def test_sweep_of_two_routers_ends_in_a_table_and_a_plot(sweep):
     runs = collect_runs(sweep_dir)
     assert [r["overrides"][0] for r in runs] == ["+experiment/routing=moe", "+experiment/routing=mod"]
     for run in runs:
-        assert run["data"] == "mqar" and run["steps"] == 12
+        assert run["data"] == "induction" and run["steps"] == 12
         assert 0.0 <= run["task"]["accuracy"] <= 1.0 and run["tokens_per_s"] > 0
         cells = next(
             r for r in rows if r.startswith(f"| {run['overrides'][0][1:].removeprefix('experiment/')}")

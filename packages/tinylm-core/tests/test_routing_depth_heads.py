@@ -155,3 +155,12 @@ def test_routers_train_with_moe_and_attention_variants_together():
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] - 0.3
+
+
+@pytest.mark.parametrize("overrides", [dict(router="mod"), dict(router="heads"), dict(attention="alibi")])
+def test_hf_export_refuses_models_transformers_cannot_express(overrides):
+    pytest.importorskip("transformers")
+    from tinylm.core import to_hf
+
+    with pytest.raises(ValueError, match="to_hf exports plain attention without routers"):
+        to_hf(TinyLM(**BASE, **overrides))

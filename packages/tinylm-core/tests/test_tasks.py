@@ -28,9 +28,14 @@ def test_answers_follow_from_the_context():
         assert all(text[p] == table[text[p - 1]] for p in answers)
         text, answers = TASKS.get("copying")(rng)
         assert all(text[p] == text[p - 13] for p in answers) and text[answers[0] - 1] == "|"
+    lengths = set()
+    for _ in range(50):
         text, answers = TASKS.get("induction")(rng)
-        assert answers == [len(text) - 1] and text.count("#") == 2
-        assert text[text.index("#") + 1] == text[-1] and text[-2] == "#"
+        first, second = text.split("|")
+        assert first == second and len(set(first)) == len(first)  # distinct letters: one match each
+        assert answers == list(range(len(first) + 2, len(text)))  # the repeat after its first letter
+        lengths.add(len(first))
+    assert len(lengths) > 5  # no fixed offset finds the copy
 
 
 class Peeker(nn.Module):

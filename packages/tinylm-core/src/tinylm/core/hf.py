@@ -14,6 +14,7 @@ import torch
 
 from tinylm.core.config import ModelConfig
 from tinylm.core.model.transformer import TinyLM
+from tinylm.core.registry import ATTENTION_BACKENDS
 
 LLAMA_COMPONENTS = dict(norm="rmsnorm", positional="rope", mlp="gated", activation="silu", block="prenorm")
 GPT2_COMPONENTS = dict(
@@ -167,6 +168,11 @@ def to_hf(model: TinyLM) -> Any:
     import transformers
 
     cfg = model.config
+    if cfg.router != "none" or isinstance(ATTENTION_BACKENDS.get(cfg.attention), type):
+        raise ValueError(
+            f"to_hf exports plain attention without routers; this model has attention={cfg.attention!r}, "
+            f"router={cfg.router!r} (transformers' Llama/GPT-2 would silently compute something else)"
+        )
     sd = {k: v.detach() for k, v in model.state_dict().items()}
     act_to_hf = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
     if _matches(cfg, LLAMA_COMPONENTS) and cfg.activation in act_to_hf:

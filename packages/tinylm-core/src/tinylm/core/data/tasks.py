@@ -7,9 +7,11 @@ next-token prediction on whole documents; ``evaluate_task`` scores only the answ
 
 - ``mqar``: multi-query associative recall (Zoology, Arora et al., 2023, arXiv 2312.04927). ``aQkDzB|kDzBaQ``:
   key/value pairs, then every key again; answers are the values after ``|``.
-- ``copying``: ``hbdkqo|hbdkqo``: a random string, then itself; answers are the copy.
-- ``induction``: random letters with ``#v`` early and ``#`` at the end (Olsson et al., 2022, "In-context
-  learning and induction heads"); the answer is the ``v`` after the last ``#``.
+- ``copying``: ``hbdkqo|hbdkqo``: a random string of fixed length, then itself; answers are the copy (a
+  fixed offset back: a test of position encodings).
+- ``induction``: ``qzkdt|qzkdt`` with a random length and distinct letters (Olsson et al., 2022, "In-context
+  learning and induction heads"): answers are the repeat after its first letter, found by matching the
+  current letter earlier in the document, not by a fixed offset.
 
 A new task is a function ``(rng) -> (text, answer_positions)`` registered with ``@register_task(name)``; it
 becomes a dataset of the same name.
@@ -67,15 +69,17 @@ def copying(rng: random.Random, length: int = 12) -> tuple[str, list[int]]:
     return s + "|" + s, list(range(length + 1, 2 * length + 1))
 
 
-@register_task("induction")
-def induction(rng: random.Random, length: int = 24) -> tuple[str, list[int]]:
-    """Random letters a-p with ``#v`` in the first half and ``#v`` at the end: predict the last ``v``."""
-    letters = "abcdefghijklmnop"
-    body = [rng.choice(letters) for _ in range(length)]
-    at, target = rng.randrange(length // 2), rng.choice(letters)
-    body[at : at + 2] = ["#", target]
-    text = "".join(body) + "#" + target
-    return text, [len(text) - 1]
+@register_task("induction", version=2)
+def induction(rng: random.Random, min_length: int = 8, max_length: int = 20) -> tuple[str, list[int]]:
+    """Distinct random letters (8-20 of them), ``|``, the same letters again.
+
+    The length varies, so no fixed offset finds the copy: the next letter comes from finding the current
+    one earlier and reading what followed it (an induction head). Answers: the repeat after its first
+    letter.
+    """
+    length = rng.randint(min_length, max_length)
+    s = "".join(rng.sample(string.ascii_lowercase, length))
+    return s + "|" + s, list(range(length + 2, 2 * length + 1))
 
 
 @torch.no_grad()
