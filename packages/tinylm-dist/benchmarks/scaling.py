@@ -6,8 +6,8 @@
 For each preset (``large`` ~110M, ``xl`` ~340M, 16K vocab), strategy (``ddp``, ``fsdp2``) and GPU count N
 (1, 2, 4, 8 up to the GPUs present), this script launches ``torchrun --nproc-per-node N`` on itself
 (``--worker``). Every run trains the same model from the same seed on the same global batch of
-``micro_batch * max(N) * seq_len`` tokens per step (each rank a micro-batch of ``micro_batch`` sequences,
-``max(N) / N`` accumulation steps), so the per-GPU work per micro-batch is constant (weak scaling) and the
+``micro_batch * lcm(Ns) * seq_len`` tokens per step (each rank a micro-batch of ``micro_batch`` sequences,
+``lcm(Ns) / N`` accumulation steps), so the per-GPU work per micro-batch is constant (weak scaling) and the
 loss after a fixed number of tokens should agree across N. Steps go through the real ``Trainer.train_step``
 (exact accumulation, ``no_sync`` / ``set_requires_gradient_sync``, clipping, AdamW), bf16 autocast (FSDP2:
 bf16 ``MixedPrecisionPolicy`` with fp32 reduction), timed with CUDA events after warm-up steps; the median
@@ -52,8 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpus", default=None, help="GPU counts, e.g. 1,2,4,8 (default: powers of 2 up to all)")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--micro-batch", type=int, default=8, help="sequences per rank per micro-batch")
-    p.add_argument("--steps", type=int, default=8, help="timed optimizer steps")
-    p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
+    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed optimizer steps first")
     p.add_argument("--compile", action="store_true", help="torch.compile each block (slower start)")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: Gloo smoke test")
@@ -204,18 +204,27 @@ def summarise(rows: list[dict]) -> None:
         r["loss_diff_vs_1gpu"] = r["final_loss"] - b["final_loss"]
 
 
-def check_losses(rows: list[dict], tolerance: float = 0.05) -> str:
-    """The correctness check: the same global batches give the same loss whatever N and the strategy."""
+def check_losses(rows: list[dict], tolerance: float = 0.02) -> str:
+    """The correctness check: the same global batches give the same loss whatever the GPU count.
+
+    DDP (fp32 weights, bf16 autocast) and FSDP2 (bf16 compute copies) round differently, so they are
+    compared with each other for information only.
+    """
     ok = [r for r in rows if "error" not in r]
     if not ok:
         return "loss check: no successful runs"
     lines = []
-    for preset in sorted({r["preset"] for r in ok}):
-        losses = [r["final_loss"] for r in ok if r["preset"] == preset]
+    for preset, strategy in sorted({(r["preset"], r["strategy"]) for r in ok}):
+        losses = [r["final_loss"] for r in ok if (r["preset"], r["strategy"]) == (preset, strategy)]
         spread = max(losses) - min(losses)
         verdict = "PASS" if spread <= tolerance else "FAIL"
-        n = len(losses)
-        lines.append(f"loss check {preset}: spread {spread:.4f} over {n} runs (<= {tolerance}): {verdict}")
+        lines.append(
+            f"loss check {preset} {strategy}: spread {spread:.4f} over {len(losses)} GPU counts "
+            f"(<= {tolerance}): {verdict}"
+        )
+    for preset in sorted({r["preset"] for r in ok}):
+        losses = [r["final_loss"] for r in ok if r["preset"] == preset]
+        lines.append(f"loss {preset} all runs (ddp and fsdp2): {min(losses):.4f} .. {max(losses):.4f}")
     return "\n".join(lines)
 
 

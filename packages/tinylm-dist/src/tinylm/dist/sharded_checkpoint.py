@@ -31,7 +31,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from safetensors.torch import save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -40,7 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from tinylm.core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_config, save_checkpoint
+from tinylm.core.checkpoint import CheckpointError, load_config, save_checkpoint, write_model_files
 from tinylm.core.model.transformer import TinyLM
 from tinylm.dist.strategy import Strategy
 from tinylm.dist.train_state import TRAIN_STATE_VERSION, TRAINER_CONFIG_NAME, load_train_state
@@ -96,13 +95,11 @@ def save_sharded_checkpoint(
 
 
 def write_consolidated(full_state: dict[str, torch.Tensor], model: nn.Module, directory: Path) -> None:
-    """``model.safetensors`` + ``config.json`` from a full (unsharded) state dict of a ``TinyLM``."""
-    config = model.config
-    weights = {k: v.detach().to("cpu").contiguous() for k, v in full_state.items()}
-    if config.tie_embeddings:  # stored once, as tinylm.core.checkpoint does
-        weights.pop("lm_head.weight", None)
-    save_file(weights, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
-    (directory / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2))
+    """``model.safetensors`` + ``config.json`` (tinylm.core format) from a full ``TinyLM`` state dict."""
+    with torch.device("meta"):  # no memory, no init: the tensors are the gathered ones
+        shell = TinyLM(model.config)
+    shell.load_state_dict(full_state, assign=True)
+    write_model_files(shell, directory)
 
 
 def _replace(tmp: Path, path: Path) -> None:
