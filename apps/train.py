@@ -2,7 +2,8 @@
 
 Hydra config (conf/) -> tokenizer + tokenized data (tinylm-core) -> TinyLM (tinylm-core) -> Trainer
 (tinylm-dist). Outputs (checkpoints, metrics.jsonl, loss.png) go to Hydra's run dir. Config mistakes
-and missing data end in a one-line error and a non-zero exit code.
+and missing data end in a one-line error and a non-zero exit code. Several processes:
+``uv run torchrun --nproc-per-node 2 apps/train.py dist=ddp`` (or ``dist=fsdp2``); rank 0 logs and writes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinylm.core import CheckpointError, ModelConfig, TinyLM
 from tinylm.core.data import BatchIterator, DataConfig, PackedBlocks, build_data
-from tinylm.dist import TrainConfig, Trainer
+from tinylm.dist import TrainConfig, Trainer, build_strategy
 from tinylm.dist.report import finish_run
 from tinylm.mm import MM_DATASETS, run_captioner
 
@@ -30,26 +31,36 @@ def plain(node: DictConfig) -> dict:
 
 
 def run(cfg: DictConfig) -> dict:
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    train_cfg = TrainConfig(**plain(cfg.training))
+    dist_args = plain(cfg.dist)
+    strategy = build_strategy(dist_args.pop("name"), train_cfg.device, **dist_args)
+    if not strategy.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    # torchrun: each rank's Hydra picks a run dir from its own clock; everyone writes into rank 0's
+    out_dir = Path(strategy.broadcast_object(HydraConfig.get().runtime.output_dir))
     data_cfg = DataConfig(**plain(cfg.data))
     tok_cfg = plain(cfg.tokenizer)
-    tokenizer, splits = build_data(data_cfg, tok_cfg["name"], tok_cfg.get("vocab_size"))
+    with strategy.main_first():  # rank 0 trains the tokenizer and fills the cache; the others read it
+        tokenizer, splits = build_data(data_cfg, tok_cfg["name"], tok_cfg.get("vocab_size"))
     model_args = plain(cfg.model)
     model_cfg = ModelConfig.from_preset(model_args.pop("size"), vocab_size=tokenizer.vocab_size, **model_args)
     if cfg.block_size > model_cfg.max_seq_len:
         raise ValueError(f"block_size={cfg.block_size} is over model.max_seq_len={model_cfg.max_seq_len}")
-    train_cfg = TrainConfig(**plain(cfg.training))
     model = TinyLM(model_cfg)
     log.info("model: %s, %.2fM parameters", model_cfg.architecture, model.num_parameters() / 1e6)
     batch, seed = train_cfg.batch_size, train_cfg.seed
-    train = BatchIterator(PackedBlocks(splits.train, cfg.block_size), batch, seed=seed)
-    val = BatchIterator(PackedBlocks(splits.val, cfg.block_size), batch, seed=seed + 1)
-    trainer = Trainer(model, train_cfg, train, val, out_dir=out_dir, tokenizer=tokenizer)
+    shard = dict(rank=strategy.rank, world_size=strategy.world_size)  # each block once per epoch
+    train = BatchIterator(PackedBlocks(splits.train, cfg.block_size), batch, seed=seed, **shard)
+    val = BatchIterator(PackedBlocks(splits.val, cfg.block_size), batch, seed=seed + 1, **shard)
+    trainer = Trainer(model, train_cfg, train, val, out_dir=out_dir, tokenizer=tokenizer, strategy=strategy)
     summary = trainer.fit()  # run.json: + task accuracy, routing stats; a multirun's report reads them
     overrides = list(HydraConfig.get().overrides.task)  # the report's run labels
-    return finish_run(
-        summary, trainer.model, tokenizer, data_cfg.name, out_dir, overrides, sample=next(val)[0]
+    run_dir = out_dir if strategy.is_main else out_dir / f"rank{strategy.rank}"  # every rank: FSDP2 forwards
+    result = finish_run(
+        summary, trainer.model, tokenizer, data_cfg.name, run_dir, overrides, sample=next(val)[0]
     )
+    strategy.close()
+    return result
 
 
 def run_captioner_job(cfg: DictConfig) -> dict:
