@@ -228,3 +228,20 @@ def test_batch_iterator_shifts_block_boundaries_each_epoch():
         assert torch.equal(next(resumed)[0], next(replay)[0])
     plain = BatchIterator(blocks, batch_size=4, seed=0, shuffle=False)
     assert all((next(plain)[0][:, 0] % 16 == 0).all() for _ in range(30))
+
+
+def test_packed_blocks_batch_equals_stacked_blocks():
+    import numpy as np
+
+    from tinylm.core.data import PackedBlocks
+
+    tokens = np.random.default_rng(0).integers(0, 60000, 1000).astype(np.uint16)
+    blocks = PackedBlocks(tokens, 16)
+    for offset, idx in ((0, [3, 0, 60, 7]), (5, [61, 2])):
+        x, y = blocks.batch(idx, offset)
+        pairs = [blocks.block(i, offset) for i in idx]
+        assert x.dtype == torch.int64 and x.shape == (len(idx), 16)
+        assert torch.equal(x, torch.stack([p[0] for p in pairs]))
+        assert torch.equal(y, torch.stack([p[1] for p in pairs]))
+    with pytest.raises(IndexError, match=r"blocks \[62\] out of range at offset 5"):
+        blocks.batch([1, 62], offset=5)

@@ -6,7 +6,8 @@ H100 the 10.7M-parameter shakespeare model spends ~22 ms per eager step for ~9 m
 of each input shape captures the loss's forward and backward with ``torch.cuda.make_graphed_callables``,
 and later calls copy the batch into the graph's static inputs and replay. Dropout stays random (CUDA
 graphs draw fresh Philox offsets per replay), gradients accumulate into ``.grad`` as usual, and the
-optimizer, clipping and schedule run eagerly as before, so the step is the same computation.
+optimizer, clipping and schedule run eagerly as before, so the step is the same computation. Gradients are
+zeroed in place between steps (not set to None), see ``forward``.
 
 Limits, checked with clear errors by ``check_cuda_graph_config``: a CUDA device, no ``torch.compile`` (it
 has its own ``mode="reduce-overhead"`` graphs), a single process, and static shapes (each new shape is one
@@ -76,6 +77,12 @@ class CUDAGraphTrainModel(nn.Module):
         graphed = self._graphs.get(key)
         if graphed is None and len(self._graphs) >= self.max_graphs:
             return self.model(x, labels=labels, loss_reduction=loss_reduction)
+        # The graph's backward returns its static gradient buffers; a parameter whose .grad is None would
+        # take such a buffer as its .grad (autograd steals it), and the next replay would overwrite it:
+        # with existing .grad tensors, accumulation adds into them instead.
+        for p in self.model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
         # A caller's autocast (with its cast cache) is switched off around capture and replay: the graph
         # holds its own autocast (cache off), and make_graphed_callables refuses a caching one.
         with torch.autocast("cuda", enabled=False):

@@ -167,14 +167,14 @@ class Trainer:
         elif self.scaler is None and not math.isfinite(grad_norm):  # fp16 scaler skips such steps itself
             bad = ("the gradient norm", grad_norm)
         if bad is not None:
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=not self.config.cuda_graph)
             raise TrainingDivergedError(self.step + 1, bad[0], bad[1], self.last_checkpoint)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=not self.config.cuda_graph)
         self.step += 1
         tokens = sum(x.numel() for x, _ in micro_batches) * self.strategy.world_size
         self.tokens_seen += tokens

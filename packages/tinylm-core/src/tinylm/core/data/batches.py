@@ -44,6 +44,17 @@ class PackedBlocks:
         chunk = torch.from_numpy(np.asarray(self.tokens[start : start + self.block_size + 1], dtype=np.int64))
         return chunk[:-1], chunk[1:]
 
+    def batch(self, indices: list[int], offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks ``indices`` stacked into ``(x, y)`` of shape ``(len(indices), T)``, in one gather."""
+        n = (len(self.tokens) - 1 - offset) // self.block_size
+        bad = [i for i in indices if not 0 <= i < n]
+        if bad:
+            raise IndexError(f"blocks {bad[:5]} out of range at offset {offset} ({n} blocks)")
+        starts = offset + np.asarray(indices, dtype=np.int64) * self.block_size
+        rows = np.asarray(self.tokens)[starts[:, None] + np.arange(self.block_size + 1)]
+        chunk = torch.from_numpy(rows.astype(np.int64, copy=False))
+        return chunk[:, :-1], chunk[:, 1:]
+
 
 class BatchIterator:
     """Endless ``(x, y)`` batches ``(B, T)`` over ``PackedBlocks``; reshuffled each epoch, resumable.
@@ -95,8 +106,7 @@ class BatchIterator:
             self._order = self._epoch_order()
         idx = self._order[self.index : self.index + self.batch_size].tolist()
         self.index += self.batch_size
-        xs, ys = zip(*(self.blocks.block(i, self._offset) for i in idx), strict=True)
-        return torch.stack(xs), torch.stack(ys)
+        return self.blocks.batch(idx, self._offset)
 
     def state_dict(self) -> dict[str, Any]:
         """Where the iterator is: enough to continue the same sequence of batches."""
