@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 
 from tinylm.core import ModelConfig, TinyLM
+from tinylm.core.bench.environment import collect_environment, describe_environment
 from tinylm.core.bench.flops import flops_per_token, measure_matmul_tflops
 from tinylm.core.data import BatchIterator, PackedBlocks
 from tinylm.dist import TrainConfig, Trainer, build_strategy
@@ -269,6 +270,7 @@ def plot(rows: list[dict], path: Path) -> bool:
         (line,) = ax.plot(xs, ys, marker="o", label=f"{preset} {strategy}")
         if xs[0] == 1:
             ax.plot(xs, [ys[0] * x for x in xs], ls=":", color=line.get_color(), alpha=0.6)
+    ax.set_xticks(sorted({r["gpus"] for r in rows}))
     ax.set_xlabel("GPUs (one host)")
     ax.set_ylabel("tokens/s")
     ax.set_title("tinylm-dist scaling (dotted: linear from 1 GPU)")
@@ -301,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
         status = row.get("error", f"{row.get('tokens_per_s', 0):,.0f} tok/s")[:200]
         print(f"[{i}/{len(runs)}] {preset} {strategy} x{n}: {status} ({time.perf_counter() - t0:.0f}s)")
     summarise(rows)
-    meta = {"command": " ".join(sys.argv), "torch": torch.__version__, "gpu_counts": counts,
+    env = collect_environment(args.device, repo=Path(__file__).resolve().parent)  # after the runs: no context
+    meta = {"command": " ".join(sys.argv), "environment": env, "gpu_counts": counts,
             "global_batch_seqs": args.micro_batch * lcm, "total_s": time.perf_counter() - t0}  # fmt: skip
     (out / "scaling.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=2))
     has_png = plot(rows, out / "scaling.png")
@@ -309,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     matmul = next((r["matmul_tflops"] for r in rows if "matmul_tflops" in r), math.nan)
     kind = "bf16" if args.device == "cuda" else "fp32"
     print(f"\n## tinylm-dist scaling on {device} (measured {kind} matmul {matmul:.1f} TFLOP/s per device)\n")
+    print(describe_environment(env) + f"; command: {meta['command']}\n")
     print(table(rows))
     print(check_losses(rows))
     print(f"\nwrote {out / 'scaling.json'}" + (f" and {out / 'scaling.png'}" if has_png else ""))
