@@ -144,7 +144,7 @@ def train_captioner(
     )  # fmt: skip
     summary["initial_test_loss"] = held_out_loss(model, tokenizer, test, device)
     stream = batches(train, min(cfg.batch_size, len(train)), tokenizer, seed=cfg.seed)
-    losses, evals = [], []
+    losses, evals = [], [{"step": 0, "test_loss": summary["initial_test_loss"]}]
     bar = tqdm(range(cfg.steps), desc=f"captioner ({train.modality})", disable=not cfg.progress)
     for step in bar:
         for group in optimizer.param_groups:
