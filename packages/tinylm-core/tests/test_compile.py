@@ -11,7 +11,11 @@ def graph_breaks(model: TinyLM, x: torch.Tensor) -> list[str]:
 
     dynamo.reset()
     explained = dynamo.explain(lambda ids: model(ids, labels=ids).loss)(x)
-    return [str(b.reason).splitlines()[0] for b in explained.break_reasons]
+    return [
+        f"{str(b.reason).splitlines()[0]} at "
+        + "; ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in b.user_stack[-3:])
+        for b in explained.break_reasons
+    ]
 
 
 def test_llama_forward_and_loss_have_no_graph_breaks():

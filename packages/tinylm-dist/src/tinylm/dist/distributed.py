@@ -94,10 +94,10 @@ class ProcessGroupStrategy(Strategy):
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
-    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> float:
-        """Clip the global gradient norm (a DTensor under FSDP2: its full value is used)."""
+    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        """Clip the global gradient norm (a DTensor under FSDP2: its full value is returned)."""
         norm = torch.nn.utils.clip_grad_norm_(self.unwrap(model).parameters(), max_norm)
-        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     def all_finite(self, model: nn.Module) -> str | None:
         """The first parameter holding NaN/inf on any process (all processes agree), or None."""

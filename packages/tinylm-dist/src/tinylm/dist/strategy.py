@@ -140,9 +140,10 @@ class Strategy:
         """Rank 0's ``obj`` on every process (a run directory, a name): itself on one process."""
         return obj
 
-    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> float:
-        """Clip the global gradient norm of ``model`` to ``max_norm``; returns the norm before clipping."""
-        return float(torch.nn.utils.clip_grad_norm_(self.unwrap(model).parameters(), max_norm))
+    def clip_grad_norm(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        """Clip the global gradient norm of ``model`` to ``max_norm``; returns the norm before clipping
+        (a 0-dim tensor on the device: reading it is left to the caller, it waits for the GPU)."""
+        return torch.nn.utils.clip_grad_norm_(self.unwrap(model).parameters(), max_norm)
 
     def all_finite(self, model: nn.Module) -> str | None:
         """The name of a parameter holding NaN/inf (on any process), or None when all are finite."""

@@ -134,7 +134,9 @@ class Trainer:
         if not micro_batches:
             raise ValueError("accumulate_gradients needs at least one (x, y) micro-batch")
         n_targets = sum(int((y != IGNORE_INDEX).sum()) for _, y in micro_batches)
-        targets = self.strategy.reduce_mean(torch.tensor(float(n_targets), device=self.device))
+        targets: float | torch.Tensor = float(n_targets)  # one process: a number, no device round trip
+        if self.strategy.world_size > 1:
+            targets = self.strategy.reduce_mean(torch.tensor(targets, device=self.device))
         if float(targets) == 0:
             raise ValueError("these micro-batches have no target tokens (every label is -100)")
         total = torch.zeros((), device=self.device)
@@ -156,11 +158,21 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         micro_batches = [next(self.train_data) for _ in range(cfg.grad_accum_steps)]
-        loss = float(self.accumulate_gradients(micro_batches))
+        loss_t = self.accumulate_gradients(micro_batches)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")  # inf: measure, don't clip
-        grad_norm = self.strategy.clip_grad_norm(self.model, max_norm)
+        norm_t = self.strategy.clip_grad_norm(self.model, max_norm)
+        # A fused (CUDA) optimizer is queued before the loss and norm are read, with found_inf set when
+        # either is not finite, so its kernel skips that update on the device: one host sync per step,
+        # after the GPU has the whole step, instead of one before the update (small models wait on these).
+        guarded = self.scaler is None and bool(self.optimizer.defaults.get("fused"))
+        if guarded:
+            finite = torch.isfinite(loss_t.detach()) & torch.isfinite(norm_t.detach())
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        loss, grad_norm = torch.stack([loss_t.detach().float(), norm_t.detach().float()]).tolist()
         bad = None
         if not math.isfinite(loss):
             bad = ("the loss", loss)
@@ -172,7 +184,7 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        else:
+        elif not guarded:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=not self.config.cuda_graph)
         self.step += 1

@@ -155,7 +155,7 @@ def apply_rope_triton(
             "apply_rope (triton backend): cos/sin require grad, but this backend treats them as "
             "constants; detach them or use backend='torch'"
         )
-    if k.data_ptr() == q.data_ptr():
+    if k is q or (not torch.compiler.is_compiling() and k.data_ptr() == q.data_ptr()):
         k = k.clone()  # rotating q in place must not rotate k too
     cos_t, sin_t = _table(cos), _table(sin)
     return RoPEFunction.apply(q, cos_t, sin_t), RoPEFunction.apply(k, cos_t, sin_t)
