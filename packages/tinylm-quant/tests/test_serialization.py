@@ -92,3 +92,16 @@ def test_format_version_checked(tiny, tmp_path):
     (tmp_path / "ck" / QUANT_CONFIG_NAME).write_text(json.dumps({**record, "format": "other/9"}))
     with pytest.raises(CheckpointError, match="format"):
         load_quantized(copy.copy(tmp_path / "ck"))
+
+
+def test_load_model_quantizes_float_or_loads_saved(tiny, ids, tmp_path):
+    from tinylm.quant import load_model
+
+    save_checkpoint(tiny(), tmp_path / "float")
+    q = load_model(tmp_path / "float", scheme="int8_weight_only")
+    assert quant_info(q).scheme == "int8_weight_only"
+    assert quant_info(load_model(tmp_path / "float")).scheme == "none"
+    save_quantized(q, tmp_path / "q")
+    assert torch.equal(load_model(tmp_path / "q")(ids).logits, q(ids).logits)
+    with pytest.raises(ValueError, match="already quantized with int8_weight_only"):
+        load_model(tmp_path / "q", scheme="int8_dynamic")

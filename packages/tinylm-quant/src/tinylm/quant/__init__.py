@@ -10,7 +10,7 @@ from tinylm.quant.api import DEFAULT_KEEP, QuantInfo, linear_filter, model_bytes
 from tinylm.quant.float8_training import convert_to_float8_training
 from tinylm.quant.qat import QAT_SCHEMES, convert_qat, is_qat_prepared, prepare_qat
 from tinylm.quant.schemes import SCHEMES, QuantScheme, SchemeUnavailableError
-from tinylm.quant.serialization import is_quantized_checkpoint, load_quantized, save_quantized
+from tinylm.quant.serialization import is_quantized_checkpoint, load_model, load_quantized, save_quantized
 
 __all__ = [
     "DEFAULT_KEEP",
@@ -24,6 +24,7 @@ __all__ = [
     "is_qat_prepared",
     "is_quantized_checkpoint",
     "linear_filter",
+    "load_model",
     "load_quantized",
     "model_bytes",
     "prepare_qat",

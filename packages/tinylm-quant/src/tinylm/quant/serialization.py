@@ -34,7 +34,7 @@ from torchao.prototype.safetensors.safetensors_support import (
     unflatten_tensor_state_dict,
 )
 
-from tinylm.core import CheckpointError, TinyLM
+from tinylm.core import CheckpointError, TinyLM, load_checkpoint
 from tinylm.core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_config, write_atomically
 from tinylm.quant.api import QuantInfo, model_device_dtype, quant_info
 
@@ -154,3 +154,26 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device = "cpu") 
         quantized=record.get("quantized", []),
     )
     return model.eval()
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", scheme: str = "none") -> TinyLM:
+    """A model ready for inference from any checkpoint directory, quantized with ``scheme``.
+
+    A ``save_quantized`` directory loads as saved (``scheme`` must be ``none`` or the saved one); a float
+    checkpoint is loaded and quantized with ``scheme`` (cast to the dtype the scheme needs, e.g. bf16 for
+    ``int4_weight_only``).
+    """
+    from tinylm.quant.api import quantize
+    from tinylm.quant.schemes import SCHEMES
+
+    if is_quantized_checkpoint(path):
+        model = load_quantized(path, device=device)
+        saved = model.quantization.scheme
+        if scheme not in ("none", saved):
+            raise ValueError(f"{path} is already quantized with {saved}; pass --quant none or {saved}")
+        return model
+    model = load_checkpoint(path, device=device).eval()
+    spec = SCHEMES.get(scheme)
+    if spec is not None and spec.dtype is not None:
+        model = model.to(spec.dtype)
+    return quantize(model, scheme)
