@@ -2,7 +2,8 @@
 
 The checkpoint directory holds model.safetensors + config.json (tinylm-core) and tokenizer.json. Without
 ``--ckpt`` the shipped demo story model (models/stories) is used; ``--ckpt shakespeare`` names the other.
-``--temperature 0`` is greedy. Errors are one line on stderr with a non-zero exit code.
+``--temperature 0`` is greedy. ``--quant SCHEME`` quantizes the model (tinylm-quant; a directory written by
+``save_quantized`` loads as saved). Errors are one line on stderr with a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from tinylm.core import CheckpointError, load_checkpoint
+from tinylm.core import CheckpointError
 from tinylm.core.data import load_tokenizer
 from tinylm.core.generate import stream
 from tinylm.mm import caption_file
+from tinylm.quant import SCHEMES, load_model
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models"
 
@@ -34,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--quant", default="none", help=f"quantization scheme: {', '.join(SCHEMES)}")
     media = p.add_mutually_exclusive_group()  # captioners (tinylm-mm): --ckpt <train run dir>/captioner
     media.add_argument("--image", help="caption this image file (greedy) with a tinylm-mm captioner")
     media.add_argument("--audio", help="caption this WAV file (greedy) with a tinylm-mm captioner")
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("empty prompt: pass some text with --prompt")
         device = pick_device(args.device)
         ckpt = resolve_checkpoint(args.ckpt)
-        model = load_checkpoint(ckpt, device=device).eval()
+        model = load_model(ckpt, device=device, scheme=args.quant)  # a saved quantized checkpoint as is
         tok = load_tokenizer(ckpt)
         ids = tok.encode(args.prompt, add_bos=True)
         limit = model.pos.max_positions or model.config.max_seq_len
