@@ -11,22 +11,26 @@ from tinylm.quant.float8_training import convert_to_float8_training
 from tinylm.quant.qat import QAT_SCHEMES, convert_qat, is_qat_prepared, prepare_qat
 from tinylm.quant.schemes import SCHEMES, QuantScheme, SchemeUnavailableError
 from tinylm.quant.serialization import is_quantized_checkpoint, load_model, load_quantized, save_quantized
+from tinylm.quant.training import TRAINING_SCHEMES, finish_training, prepare_for_training
 
 __all__ = [
     "DEFAULT_KEEP",
     "QAT_SCHEMES",
     "SCHEMES",
+    "TRAINING_SCHEMES",
     "QuantInfo",
     "QuantScheme",
     "SchemeUnavailableError",
     "convert_qat",
     "convert_to_float8_training",
+    "finish_training",
     "is_qat_prepared",
     "is_quantized_checkpoint",
     "linear_filter",
     "load_model",
     "load_quantized",
     "model_bytes",
+    "prepare_for_training",
     "prepare_qat",
     "quant_info",
     "quantize",

@@ -41,8 +41,8 @@ from torchao.quantization.granularity import PerAxis, PerGroup, PerRow
 from tinylm.core.registry import QUANT_SCHEMES
 
 
-class SchemeUnavailableError(RuntimeError):
-    """A scheme that cannot run on this device or dtype; the message says what it needs."""
+class SchemeUnavailableError(RuntimeError, ValueError):
+    """A scheme that cannot run on this device or dtype; the message says what it needs (a bad input)."""
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +48,11 @@ def _state(model: TinyLM) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in state.items()}
 
 
-def save_quantized(
-    model: TinyLM, path: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None
-) -> Path:
+def save_quantized(model: TinyLM, path: str | os.PathLike, tokenizer: Any = None) -> Path:
     """Write a model quantized by ``quantize`` / ``convert_qat`` to directory ``path`` (atomically).
 
-    ``tokenizer_dir``: a directory whose ``tokenizer.json`` is copied along, so the result is a
-    checkpoint ``apps/infer.py`` can run.
+    ``tokenizer``: a tinylm tokenizer (``save(dir)`` writes ``tokenizer.json``) saved along, so the result
+    is a checkpoint ``apps/infer.py`` can run.
     """
     info = quant_info(model)
     if info is None:
@@ -83,8 +80,8 @@ def save_quantized(
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)
         (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2))
         (tmp / QUANT_CONFIG_NAME).write_text(json.dumps(record, indent=2))
-        if tokenizer_dir is not None:
-            shutil.copy2(Path(tokenizer_dir) / "tokenizer.json", tmp / "tokenizer.json")
+        if tokenizer is not None:
+            tokenizer.save(tmp)
 
     return write_atomically(path, fill)
 
