@@ -18,8 +18,6 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from tinylm.core.registry import STRATEGIES
 from tinylm.dist.distributed import ProcessGroupStrategy
@@ -49,6 +47,10 @@ class FSDP2(ProcessGroupStrategy):
         param_dtype: str | None = None,
         reduce_dtype: str | None = None,
     ) -> None:
+        # imported here: torch.distributed.fsdp costs seconds of start-up (sympy) for every other strategy
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+
         super().__init__(device, activation_checkpointing, timeout_s)
         self.reshard_after_forward = reshard_after_forward
         self.mp_policy = MixedPrecisionPolicy(
@@ -58,6 +60,8 @@ class FSDP2(ProcessGroupStrategy):
 
     def setup(self, model: nn.Module, compile: bool = False) -> nn.Module:
         """Rank 0's weights everywhere, activation checkpointing and compile per block, then shard."""
+        from torch.distributed.fsdp import fully_shard
+
         model = model.to(self.device)
         with torch.no_grad():  # unlike DDP, fully_shard keeps each rank's own values: start from rank 0's
             for tensor in [*model.parameters(), *model.buffers()]:

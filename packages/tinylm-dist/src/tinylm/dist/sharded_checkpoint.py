@@ -30,14 +30,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
-)
 
 from tinylm.core.checkpoint import CheckpointError, load_config, save_checkpoint, write_model_files
 from tinylm.core.model.transformer import TinyLM
@@ -68,6 +61,13 @@ def save_sharded_checkpoint(
     tokenizer: Any = None,
 ) -> Path:
     """Write a sharded training checkpoint (collective: every rank calls it). Returns ``path``."""
+    import torch.distributed.checkpoint as dcp  # lazy: seconds of start-up for runs that never use it
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_state_dict,
+    )
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-sharded")
     if strategy.is_main:
@@ -118,6 +118,12 @@ def load_sharded_checkpoint(
 
     Works on any number of processes (resharding); see the module docstring for RNG and data positions.
     """
+    import torch.distributed.checkpoint as dcp  # lazy: seconds of start-up for runs that never use it
+    from torch.distributed.checkpoint.state_dict import (
+        get_state_dict,
+        set_state_dict,
+    )
+
     path = Path(path)
     shared = load_train_state(path, SHARED_STATE)
     saved_world = int(shared["world_size"])
@@ -170,6 +176,8 @@ def export_consolidated(checkpoint: str | Path, out_dir: str | Path) -> Path:
     ``config.json`` and writes ``model.safetensors`` + ``config.json`` (+ ``tokenizer.json``) to ``out_dir``,
     which ``tinylm.core.load_checkpoint`` and ``apps/infer.py`` load.
     """
+    import torch.distributed.checkpoint as dcp  # lazy: seconds of start-up for runs that never use it
+
     checkpoint = Path(checkpoint)
     if not is_sharded(checkpoint):
         raise CheckpointError(f"{checkpoint}: not a sharded checkpoint (no {DCP_DIR}/.metadata)")
