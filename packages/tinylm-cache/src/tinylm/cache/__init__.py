@@ -11,6 +11,7 @@ from tinylm.cache.c2c import C2CFuser, c2c_generate, c2c_loss
 from tinylm.cache.engine import Engine, Request
 from tinylm.cache.paged import PagedCache
 from tinylm.cache.quantized import QuantizedCache
+from tinylm.cache.serving import serve_prompts
 from tinylm.cache.sliding_window import SlidingWindowCache
 from tinylm.cache.static import StaticCache, decode_step
 
@@ -27,4 +28,5 @@ __all__ = [
     "c2c_generate",
     "c2c_loss",
     "decode_step",
+    "serve_prompts",
 ]

@@ -44,6 +44,12 @@ class StaticCache:
     def get_seq_length(self) -> int:
         return self._len
 
+    def reset(self) -> None:
+        """Empty the cache, keeping its buffers (and their addresses, for captured graphs)."""
+        self._len = 0
+        self.position.zero_()
+        self.key_valid.zero_()
+
     def memory_bytes(self) -> int:
         """Bytes held by the key/value buffers (allocated up front, whatever the length)."""
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
@@ -114,15 +120,22 @@ def decode_step(
 
 @torch.no_grad()
 def static_greedy_generate(
-    model: Any, input_ids: torch.Tensor, max_new_tokens: int, step_fn: Any = None
+    model: Any,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    step_fn: Any = None,
+    cache: StaticCache | None = None,
 ) -> torch.Tensor:
     """Greedy ``input_ids`` ``(B, P)`` + ``max_new_tokens`` tokens through a ``StaticCache``: one prefill
-    with ``model``, then ``step_fn`` (default ``decode_step``; pass a ``torch.compile``d one) per token."""
+    with ``model``, then ``step_fn`` (default ``decode_step``; pass a ``torch.compile``d one) per token.
+    Pass ``cache`` to reuse its buffers (it is reset first), as CUDA graphs need."""
     step_fn = step_fn or decode_step
     b, p = input_ids.shape
     param = next(model.parameters())
-    cache = StaticCache(b, p + max_new_tokens, device=param.device, dtype=param.dtype,
-                        **model_cache_shape(model.config))  # fmt: skip
+    if cache is None:
+        cache = StaticCache(b, p + max_new_tokens, device=param.device, dtype=param.dtype,
+                            **model_cache_shape(model.config))  # fmt: skip
+    cache.reset()
     nxt = model(input_ids, cache=cache).logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
     out = [nxt]
     pos = torch.full((b, 1), p, dtype=torch.long, device=param.device)
