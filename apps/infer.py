@@ -2,7 +2,9 @@
 
 The checkpoint directory holds model.safetensors + config.json (tinylm-core) and tokenizer.json. Without
 ``--ckpt`` the shipped demo story model (models/stories) is used; ``--ckpt shakespeare`` names the other.
-``--temperature 0`` is greedy. ``--quant SCHEME`` quantizes the model (tinylm-quant; a directory written by
+``--temperature 0`` is greedy. ``--cache NAME`` picks a KV cache from ``CACHES`` (tinylm-cache: static, paged,
+quantized, sliding_window, ...); ``--engine FILE`` serves every line of FILE as a prompt through the
+continuous-batching engine. ``--quant SCHEME`` quantizes the model (tinylm-quant; a directory written by
 ``save_quantized`` loads as saved). Errors are one line on stderr with a non-zero exit code.
 """
 
@@ -14,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from tinylm.core import CheckpointError
+from tinylm.cache import serve_prompts
+from tinylm.core import CACHES, CheckpointError
 from tinylm.core.data import load_tokenizer
 from tinylm.core.generate import stream
 from tinylm.mm import caption_file
@@ -36,7 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repetition-penalty", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--cache", default="standard", help=f"KV cache: {', '.join(CACHES.names())}")
     p.add_argument("--quant", default="none", help=f"quantization scheme: {', '.join(SCHEMES)}")
+    p.add_argument("--engine", metavar="FILE", help="serve each line of FILE through the batching engine")
     media = p.add_mutually_exclusive_group()  # captioners (tinylm-mm): --ckpt <train run dir>/captioner
     media.add_argument("--image", help="caption this image file (greedy) with a tinylm-mm captioner")
     media.add_argument("--audio", help="caption this WAV file (greedy) with a tinylm-mm captioner")
@@ -72,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = resolve_checkpoint(args.ckpt)
         model = load_model(ckpt, device=device, scheme=args.quant)  # a saved quantized checkpoint as is
         tok = load_tokenizer(ckpt)
+        if args.engine:
+            prompts = Path(args.engine).read_text(encoding="utf-8").splitlines()
+            sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+            for i, text in serve_prompts(model, tok, prompts, args.max_new_tokens, **sampling):
+                print(f"[{i}] {prompts[i]}{text}", flush=True)
+            return 0
         ids = tok.encode(args.prompt, add_bos=True)
         limit = model.pos.max_positions or model.config.max_seq_len
         if limit is not None and len(ids) + args.max_new_tokens > limit:
@@ -82,10 +93,14 @@ def main(argv: list[str] | None = None) -> int:
             args.max_new_tokens = limit - len(ids)
             print(f"warning: --max-new-tokens lowered to {args.max_new_tokens} (context)", file=sys.stderr)
         generator = torch.Generator(device=device).manual_seed(args.seed)
+        cache = CACHES.build(
+            args.cache, config=model.config, batch_size=1, max_seq_len=len(ids) + args.max_new_tokens,
+            device=device, dtype=next(model.parameters()).dtype,
+        )  # fmt: skip
         steps = stream(
             model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_tokens=[tok.eos_id],
-            pad_id=tok.pad_id, generator=generator,
+            pad_id=tok.pad_id, generator=generator, cache=cache,
         )  # fmt: skip
         print(args.prompt, end="", flush=True)
         new: list[int] = []
