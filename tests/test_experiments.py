@@ -65,6 +65,7 @@ def test_sweep_of_two_routers_ends_in_a_table_and_a_plot(sweep):
     utilisation = moe["routing"]["layers.0.mlp"]["utilisation"]
     assert len(utilisation) == 4 and sum(utilisation) == pytest.approx(1.0)
     assert mod["routing"]["layers.1"]["processed"] == pytest.approx(0.5)  # capacity 0.5 on layer 2 of 2
+    assert 0.0 <= mod["routing_eval"]["layers.1"]["processed"] <= 1.0  # the causal predictor's choice
     config = json.loads((Path(mod["dir"]) / "checkpoints" / "last" / "config.json").read_text())
     assert config["router"] == "mod" and config["extra"]["mod"]["capacity"] == 0.5
 

@@ -49,8 +49,9 @@ def finish_run(
 ) -> dict[str, Any]:
     """The summary plus task accuracy, routing stats, tokens/s and peak memory, written to ``run.json``.
 
-    ``sample``: a ``(B, T)`` batch of input ids; one training-mode forward on it (no gradients) fills the
-    routers' statistics (expert utilisation, fraction of tokens processed) reported in ``routing``.
+    ``sample``: a ``(B, T)`` batch of input ids; a forward on it (no gradients) fills the routers' statistics
+    (expert utilisation, fraction of tokens processed): in training mode as ``routing``, in eval mode (how
+    the model generates) as ``routing_eval``.
     """
     out_dir = Path(out_dir)
     run = {
@@ -65,11 +66,13 @@ def finish_run(
     if data_name in TASKS:
         run["task"] = evaluate_task(model, tokenizer, data_name, num_examples=eval_examples)
     device = next(model.parameters()).device
-    if sample is not None:
+    if sample is not None:  # training mode (mod: top-k) and eval mode (mod: the causal predictor)
+        for key, training in (("routing", True), ("routing_eval", False)):
+            model.train(training)
+            with torch.no_grad():
+                model(sample.to(device))
+            run[key] = routing_stats(model)
         model.train()
-        with torch.no_grad():
-            model(sample.to(device))
-        run["routing"] = routing_stats(model)
     run["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
