@@ -1,0 +1,51 @@
+"""apps/infer.py + tinylm-cache: --cache NAME matches the standard greedy text, --engine serves a file."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_infer():
+    spec = importlib.util.spec_from_file_location("infer_app", ROOT / "apps" / "infer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GREEDY = ["--device", "cpu", "--temperature", "0", "--max-new-tokens", "24"]
+
+
+def test_every_exact_cache_gives_the_standard_greedy_text(capsys):
+    infer = load_infer()
+    outputs = {}
+    for name in ("standard", "static", "paged", "sliding_window"):
+        assert infer.main([*GREEDY, "--cache", name]) == 0
+        outputs[name] = capsys.readouterr().out
+    assert len(set(outputs.values())) == 1, outputs
+    assert outputs["standard"].startswith("Once upon a time") and len(outputs["standard"]) > 40
+
+
+def test_engine_serves_each_prompt_like_a_single_greedy_run(tmp_path, capsys):
+    infer = load_infer()
+    assert infer.main([*GREEDY, "--prompt", "The little dog"]) == 0
+    alone = capsys.readouterr().out.strip()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\n\nThe little dog\n")
+    assert infer.main([*GREEDY, "--engine", str(prompts)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert sorted(line[:3] for line in lines) == ["[0]", "[2]"]  # the empty line is skipped
+    assert f"[2] {alone}" in lines
+
+
+def test_unknown_cache_lists_the_known_ones(capsys):
+    assert load_infer().main([*GREEDY, "--cache", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown cache 'nope'" in err and "paged" in err and "sliding_window" in err
+
+
+def test_engine_file_missing_is_a_one_line_error(capsys):
+    assert load_infer().main([*GREEDY, "--engine", "missing_prompts.txt"]) == 2
+    assert "missing_prompts.txt" in capsys.readouterr().err
