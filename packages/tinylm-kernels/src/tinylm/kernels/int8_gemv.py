@@ -1,0 +1,54 @@
+"""Int8 weight-only linear: ``y = (x @ W_q.T) * scale (+ bias)``, ``W_q`` int8 ``(N, K)``, a scale per row.
+
+Weight-only int8 halves the bytes a batch-1 decode step reads (it is memory-bound: every weight is read
+once per token), so it can beat bf16 only if the dequantization is fused into the matrix-vector product.
+This module holds the public ``int8_linear`` and the plain-PyTorch reference (the ``torch`` backend, the
+fallback and the test oracle: ``F.linear(x, W_q.to(x.dtype)) * scale``, gpt-fast's formulation, which
+``torch.compile`` fuses); ``int8_gemv_triton.py`` holds a fused GEMV kernel for few rows.
+Registered op: ``int8_linear`` (import ``tinylm.kernels.int8_gemv_triton`` to add the Triton backend).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tinylm.kernels.registry import dispatch, register_backend
+
+
+@register_backend("int8_linear", "torch")
+def int8_linear_reference(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``F.linear(x, weight.to(x.dtype)) * scale (+ bias)``; ``x`` (..., K), ``weight`` int8 (N, K)."""
+    y = F.linear(x, weight.to(x.dtype)) * scale.to(x.dtype)
+    return y + bias if bias is not None else y
+
+
+def check_int8_linear_inputs(
+    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> None:
+    """Raise a clear error on shapes or dtypes ``int8_linear`` cannot take."""
+    if weight.dtype != torch.int8 or weight.dim() != 2:
+        raise TypeError(
+            f"int8_linear: weight must be a 2-D int8 tensor, got {weight.dtype} {tuple(weight.shape)}"
+        )
+    n, k = weight.shape
+    if x.shape[-1] != k:
+        raise ValueError(f"int8_linear: x has {x.shape[-1]} features, weight expects {k}")
+    if scale.numel() != n:
+        raise ValueError(f"int8_linear: scale has {scale.numel()} values, need one per output row ({n})")
+    if bias is not None and bias.numel() != n:
+        raise ValueError(f"int8_linear: bias has {bias.numel()} values, need {n}")
+
+
+def int8_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Int8 weight-only linear on the best available backend (or ``backend``); inference only."""
+    check_int8_linear_inputs(x, weight, scale, bias)
+    return dispatch("int8_linear", backend, x.device)(x, weight, scale.reshape(-1), bias)

@@ -1,0 +1,76 @@
+"""int8_linear: every backend against a float64 oracle on awkward shapes, random (never zero) inputs."""
+
+import pytest
+import torch
+
+from tinylm.kernels import int8_gemv_triton
+from tinylm.kernels.int8_gemv import int8_linear, int8_linear_reference
+from tinylm.kernels.int8_gemv_triton import GEMV_MAX_ROWS, int8_gemv
+from tinylm.kernels.triton_support import triton_available
+
+CUDA = torch.cuda.is_available()
+DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)]
+SHAPES = [((1, 1), 1), ((1, 7), 5), ((3, 300), 17), ((2, 1, 513), 33), ((1, 64), 96)]  # (x shape, N)
+needs_triton = pytest.mark.skipif(not triton_available(), reason="triton backend not runnable here")
+
+
+def inputs(x_shape, n, dtype, device, bias):
+    g = torch.Generator().manual_seed(sum(x_shape) + n)
+    k = x_shape[-1]
+    x = torch.randn(x_shape, generator=g).to(device, dtype)
+    w = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8).to(device)
+    scale = (torch.rand(n, generator=g) * 0.02 + 0.001).to(device, dtype)
+    b = torch.randn(n, generator=g).to(device, dtype) if bias else None
+    return x, w, scale, b
+
+
+def oracle(x, w, scale, b):
+    y = x.double() @ w.double().T * scale.double()
+    return y + b.double() if b is not None else y
+
+
+@pytest.mark.parametrize(("x_shape", "n"), SHAPES)
+@pytest.mark.parametrize(("dtype", "tol"), DTYPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_matches_float64(backend, device, x_shape, n, dtype, tol, bias, assert_close_f64):
+    x, w, scale, b = inputs(x_shape, n, dtype, device, bias)
+    y = int8_linear(x, w, scale, b, backend=backend)
+    assert y.dtype == dtype and y.shape == (*x_shape[:-1], n)
+    assert_close_f64(y, oracle(x, w, scale, b), tol, "output")
+
+
+@pytest.mark.triton
+@needs_triton
+def test_triton_kernel_itself_and_prefill_fallback(device, assert_close_f64):
+    x, w, scale, b = inputs((2, 257), 40, torch.float32, device, True)
+    assert_close_f64(int8_gemv(x, w, scale, b), oracle(x, w, scale, b), 1e-5, "gemv")
+    many = torch.randn(GEMV_MAX_ROWS + 1, 257).to(device)  # more rows: the reference path, same numbers
+    got = int8_gemv_triton.int8_linear_triton(many, w, scale, b)
+    assert_close_f64(got, oracle(many, w, scale, b), 1e-5, "prefill")
+
+
+def test_reference_formula():
+    x, w, scale, b = inputs((3, 5), 4, torch.float32, "cpu", True)
+    torch.testing.assert_close(int8_linear_reference(x, w, scale, b), (x @ w.float().T) * scale + b)
+
+
+def test_input_errors():
+    x, w, scale, _ = inputs((2, 8), 4, torch.float32, "cpu", False)
+    with pytest.raises(TypeError, match="2-D int8"):
+        int8_linear(x, w.float(), scale)
+    with pytest.raises(ValueError, match="x has 7 features"):
+        int8_linear(x[:, :7], w, scale)
+    with pytest.raises(ValueError, match="one per output row"):
+        int8_linear(x, w, scale[:3])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_llm_shapes_on_gpu(assert_close_f64):
+    for k, n in ((768, 768), (768, 2048), (2048, 768), (4096, 11008)):
+        x, w, scale, b = inputs((1, k), n, torch.bfloat16, "cuda", False)
+        assert_close_f64(int8_linear(x, w, scale, backend="triton"), oracle(x, w, scale, b), 2e-2, f"{k}x{n}")
+
+
+def test_triton_kernels_under_interpreter(run_triton_tests_under_interpreter):
+    run_triton_tests_under_interpreter(__file__)
