@@ -101,7 +101,9 @@ def decode_speed(model: TinyLM, label: str, batch: int, args, device: torch.devi
     def rate(make_run) -> dict:
         full = measure(make_run(args.new_tokens), args.warmup, args.repeats, device).median
         first = measure(make_run(1), args.warmup, args.repeats, device).median
-        decode_ms = max(full - first, 1e-6)
+        if full <= first:
+            raise RuntimeError(f"timing noise: t({args.new_tokens} tokens) <= t(1 token); raise --repeats")
+        decode_ms = full - first
         return {
             "prefill_ms": first,
             "step_ms": decode_ms / (args.new_tokens - 1),
@@ -125,7 +127,10 @@ def decode_speed(model: TinyLM, label: str, batch: int, args, device: torch.devi
 
             return run
 
-        rows.append({"model": label, "batch": batch, "cache": name, **rate(make_run)})
+        try:
+            rows.append({"model": label, "batch": batch, "cache": name, **rate(make_run)})
+        except Exception as e:
+            rows.append({"model": label, "batch": batch, "cache": name, "error": repr(e)[:200]})
     # static + torch.compile(mode="reduce-overhead"): one CUDA graph per decode step
     try:
         torch._dynamo.reset()
@@ -154,9 +159,9 @@ def decode_speed(model: TinyLM, label: str, batch: int, args, device: torch.devi
         )
     except Exception as e:
         rows.append({"model": label, "batch": batch, "cache": "static+compile", "error": repr(e)[:200]})
-    base = rows[0]["tokens_per_s"]
+    base = rows[0].get("tokens_per_s")
     for r in rows:
-        if "tokens_per_s" in r:
+        if "tokens_per_s" in r and base:
             r["speedup_vs_standard"] = r["tokens_per_s"] / base
     return rows
 
@@ -221,7 +226,7 @@ def engine_vs_static_batching(model: TinyLM, args, device: torch.device) -> dict
     }
 
 
-def quantized_quality(device: torch.device, rows: int = 8, length: int = 256) -> list[dict]:
+def quantized_quality(device: torch.device, n_rows: int = 8, length: int = 256) -> list[dict]:
     """Shipped models in fp32: int8/int4 KV memory saved and NLL delta on held-out text."""
     from tinylm.core import load_checkpoint
     from tinylm.core.data import load_tokenizer
@@ -236,7 +241,7 @@ def quantized_quality(device: torch.device, rows: int = 8, length: int = 256) ->
         path = ROOT / "models" / name
         try:
             model, tok = load_checkpoint(path, device=device).eval(), load_tokenizer(path)
-            ids = torch.tensor(tok.encode(text())[: rows * length], device=device).view(rows, length)
+            ids = torch.tensor(tok.encode(text())[: n_rows * length], device=device).view(n_rows, length)
         except Exception as e:
             rows.append({"model": name, "error": repr(e)[:200]})
             continue
@@ -344,7 +349,7 @@ def main() -> None:
     if "quant" not in args.skip:
         res["quantized"] = quantized_quality(device, *((2, 64) if q else (8, 256)))
         md += [
-            "## quantized KV: memory and quality (shipped models, fp32, teacher-forced, 8 x 256 tokens)",
+            "## quantized KV: memory and quality (shipped models, fp32, teacher-forced, held-out text)",
             table(
                 res["quantized"],
                 [

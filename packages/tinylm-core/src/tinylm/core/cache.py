@@ -5,6 +5,9 @@ A cache is handed to ``TinyLM.forward(..., cache=cache)``. Each attention layer 
 (past + new). After all layers ran, the model calls ``advance(T)``. tinylm-cache implements richer caches
 (static, paged, quantized, sliding window) behind this same protocol and register their factories in
 ``CACHES`` (``standard`` is registered here), so a config string picks the cache in apps and benchmarks.
+A cache whose returned keys are not simply "past + new in order" (a fixed-size buffer, a ring, gathered
+blocks) also defines ``attention_mask(layer_idx, ctx) -> mask | None``; ``Attention`` then uses that mask
+(bool ``(B|1, 1, T, S)`` over the returned keys) instead of the model's.
 """
 
 from __future__ import annotations
