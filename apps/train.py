@@ -4,6 +4,8 @@ Hydra config (conf/) -> tokenizer + tokenized data (tinylm-core) -> TinyLM (tiny
 (tinylm-dist). Outputs (checkpoints, metrics.jsonl, loss.png) go to Hydra's run dir. Config mistakes
 and missing data end in a one-line error and a non-zero exit code. Several processes:
 ``uv run torchrun --nproc-per-node 2 apps/train.py dist=ddp`` (or ``dist=fsdp2``); rank 0 logs and writes.
+``quant=qat_int4`` (qat_int8, qat_8da4w) trains with fake quantization and saves the converted model to
+``<run dir>/quantized``; ``quant=float8`` trains with torchao float8 linears (Hopper GPUs).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tinylm.core.data import BatchIterator, DataConfig, PackedBlocks, build_data
 from tinylm.dist import TrainConfig, Trainer, build_strategy
 from tinylm.dist.report import finish_run
 from tinylm.mm import MM_DATASETS, run_captioner
+from tinylm.quant import finish_training, prepare_for_training
 
 log = logging.getLogger("train")
 
@@ -46,7 +49,7 @@ def run(cfg: DictConfig) -> dict:
     model_cfg = ModelConfig.from_preset(model_args.pop("size"), vocab_size=tokenizer.vocab_size, **model_args)
     if cfg.block_size > model_cfg.max_seq_len:
         raise ValueError(f"block_size={cfg.block_size} is over model.max_seq_len={model_cfg.max_seq_len}")
-    model = TinyLM(model_cfg)
+    model = prepare_for_training(TinyLM(model_cfg), cfg.quant.scheme, train_cfg.device)  # QAT / float8
     log.info("model: %s, %.2fM parameters", model_cfg.architecture, model.num_parameters() / 1e6)
     batch, seed = train_cfg.batch_size, train_cfg.seed
     shard = dict(rank=strategy.rank, world_size=strategy.world_size)  # each block once per epoch
@@ -54,6 +57,8 @@ def run(cfg: DictConfig) -> dict:
     val = BatchIterator(PackedBlocks(splits.val, cfg.block_size), batch, seed=seed + 1, **shard)
     trainer = Trainer(model, train_cfg, train, val, out_dir=out_dir, tokenizer=tokenizer, strategy=strategy)
     summary = trainer.fit()  # run.json: + task accuracy, routing stats; a multirun's report reads them
+    if strategy.is_main:  # QAT: convert + save_quantized to <run dir>/quantized
+        finish_training(trainer.model, cfg.quant.scheme, out_dir, tokenizer)
     overrides = list(HydraConfig.get().overrides.task)  # the report's run labels
     run_dir = out_dir if strategy.is_main else out_dir / f"rank{strategy.rank}"  # every rank: FSDP2 forwards
     result = finish_run(

@@ -5,6 +5,8 @@
 
 A composition script (it uses tinylm-cache's static cache next to tinylm-quant). Two parts:
 
+``int8_weight_only_gemv`` is torchao's int8 weights run by tinylm-kernels' fused Triton int8 GEMV.
+
 1. Speed on a ~110M-parameter TinyLM (``large`` preset: 12 layers, 768 wide, 16K vocab; random weights,
    bf16), batch 1, a 16-token prompt then ``--new-tokens`` greedy tokens, for bf16 and each scheme:
    - ``static+compile``: tinylm-cache's ``StaticCache`` + ``torch.compile(decode_step,
@@ -41,8 +43,8 @@ from tinylm.quant import model_bytes, quantize
 from tinylm.quant.eval import perplexity
 
 SCHEMES = [
-    "none", "int8_weight_only", "int8_dynamic", "int4_weight_only_g32", "int4_weight_only_g64",
-    "int4_weight_only", "float8",
+    "none", "int8_weight_only", "int8_weight_only_gemv", "int8_dynamic", "int4_weight_only_g32",
+    "int4_weight_only_g64", "int4_weight_only", "float8",
 ]  # fmt: skip
 MIB = 2**20
 

@@ -94,6 +94,8 @@ def quantize(model: nn.Module, scheme: str, keep: Iterable[str] = DEFAULT_KEEP, 
         if not info.quantized:
             raise ValueError(f"{scheme}: no linear layer left to quantize (keep={keep}, group size {group})")
         quantize_(model, config, filter_fn=linear_filter(keep, group, tied=tied))
+        if spec.after is not None:
+            spec.after(model, info.quantized)
         if info.skipped:
             logger.warning(
                 "%s: %d layers stay in %s (tied to an embedding, or width not a multiple of group %s): %s",
@@ -117,9 +119,13 @@ def tensor_bytes(t: torch.Tensor) -> int:
 
 
 def model_bytes(model: nn.Module, linear_only: bool = False) -> int:
-    """Bytes of the model's parameters and buffers (tied tensors once); ``linear_only``: linear weights."""
+    """Bytes of the model's parameters and buffers (tied tensors once); ``linear_only``: linear weights.
+
+    Linear weights: ``nn.Linear.weight`` and the int8 weight + scales of modules swapped in by a scheme.
+    """
     if linear_only:
         tensors = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+        tensors += [t for m in model.modules() if hasattr(m, "qweight") for t in (m.qweight, m.scale)]
     else:
         tensors = [*model.parameters(), *model.buffers()]
     unique = {id(t): t for t in tensors}

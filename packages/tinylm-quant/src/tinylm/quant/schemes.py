@@ -13,6 +13,7 @@ states their requirements, so a CUDA-only scheme fails on CPU with a sentence in
 | ``int8_dynamic_int4`` | int4 values (group 32), stored in int8 | int8 per token | CPU, CUDA |
 | ``int8_dynamic_intx8`` | int8 per row (torchao's intx path) | int8 per token, asymmetric | CPU, CUDA |
 | ``int4_weight_only[_gN]`` | int4, 2 per byte, group N (128; _g32, _g64), tinygemm | bf16 | CUDA sm80+ |
+| ``int8_weight_only_gemv`` | as ``int8_weight_only``; tinylm-kernels' fused GEMV | as is | CPU, CUDA |
 | ``float8`` | float8 e4m3 per row | float8 e4m3 per token, dynamic | CUDA sm89+ (Hopper, Ada) |
 
 ``intx4_*`` and ``int8_dynamic_int4`` have the quality of int4 but the bytes of int8 (torchao keeps
@@ -61,6 +62,7 @@ class QuantScheme:
     cuda_capability: tuple[int, int] | None = None
     dtype: torch.dtype | None = None
     group_size: int | None = None
+    after: Callable[[torch.nn.Module, list[str]], None] | None = None  # post-step on the quantized names
 
     def config(self, **options: Any) -> AOBaseConfig | None:
         """The torchao config (None for ``none``); unknown options fail with the scheme's name."""
@@ -179,6 +181,22 @@ for _group in (128, 32, 64):
             group_size=_group,
         )
     )
+
+
+def _swap_to_gemv(model: torch.nn.Module, names: list[str]) -> None:
+    from tinylm.quant.gemv import swap_to_gemv
+
+    swap_to_gemv(model, names)
+
+
+register_scheme(
+    QuantScheme(
+        "int8_weight_only_gemv",
+        Int8WeightOnlyConfig,
+        "int8_weight_only run by tinylm-kernels' fused int8 GEMV (Triton on CUDA)",
+        after=_swap_to_gemv,
+    )
+)
 register_scheme(
     QuantScheme("float8", _float8, "float8 e4m3 weights and activations, per row", cuda_capability=(8, 9))
 )

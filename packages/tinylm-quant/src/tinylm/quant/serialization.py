@@ -35,7 +35,8 @@ from torchao.prototype.safetensors.safetensors_support import (
 
 from tinylm.core import CheckpointError, TinyLM, load_checkpoint
 from tinylm.core.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_config, write_atomically
-from tinylm.quant.api import QuantInfo, model_device_dtype, quant_info
+from tinylm.quant.api import QuantInfo, model_device_dtype, quant_info, quantize
+from tinylm.quant.schemes import SCHEMES
 
 QUANT_CONFIG_NAME = "quantization.json"
 FORMAT = "tinylm-quant/1"
@@ -132,6 +133,9 @@ def load_quantized(path: str | os.PathLike, device: str | torch.device = "cpu") 
         state, leftover = unflatten_tensor_state_dict(tensors, metadata)
     except (ValueError, TypeError, KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{wfile}: cannot rebuild the quantized tensors: {e}") from None
+    spec = SCHEMES.get(record.get("scheme"))
+    if spec is not None and spec.after is not None:  # a scheme that swaps modules: rebuild their structure
+        model = quantize(model.to(device), record["scheme"], keep=record.get("keep", []), **record["options"])
     expected = set(_state(model))
     if leftover or set(state) != expected:
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -160,9 +164,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", sche
     checkpoint is loaded and quantized with ``scheme`` (cast to the dtype the scheme needs, e.g. bf16 for
     ``int4_weight_only``).
     """
-    from tinylm.quant.api import quantize
-    from tinylm.quant.schemes import SCHEMES
-
     if is_quantized_checkpoint(path):
         model = load_quantized(path, device=device)
         saved = model.quantization.scheme

@@ -1,0 +1,49 @@
+"""``int8_weight_only_gemv``: torchao's int8 weight-only numbers, run by tinylm-kernels' fused int8 GEMV.
+
+torchao computes the quantization (``Int8WeightOnlyConfig``: symmetric int8, one scale per output row);
+each quantized ``nn.Linear`` is then replaced by an ``Int8GemvLinear`` holding the same int8 values and
+scales as plain buffers, whose forward is the ``int8_linear`` op of tinylm-kernels: a Triton GEMV that
+reads the weight once as int8 for decode (<= 16 rows) on CUDA, ``F.linear`` on the dequantized weight
+elsewhere. The numbers equal ``int8_weight_only``'s up to float rounding (tested). Why: at batch 1 a decode
+step is memory-bound, so int8 can only beat bf16 if the dequantization is fused into the GEMV.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tinylm.kernels import choose
+from tinylm.kernels import int8_gemv_triton as _int8_gemv_triton  # noqa: F401  (registers the backend)
+from tinylm.kernels.int8_gemv import check_int8_linear_inputs
+
+
+class Int8GemvLinear(nn.Module):
+    """A linear layer with an int8 weight ``(out, in)`` and a float scale per output row."""
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = qweight.shape[1], qweight.shape[0]
+        self.register_buffer("qweight", qweight.contiguous())
+        self.register_buffer("scale", scale.reshape(-1).contiguous())
+        self.bias = nn.Parameter(bias.detach(), requires_grad=False) if bias is not None else None
+        check_int8_linear_inputs(torch.empty(0, self.in_features), self.qweight, self.scale, self.bias)
+        # backend chosen once (registry: env var / best available), so forward stays compile-friendly
+        self._int8_linear = choose("int8_linear", device=qweight.device).fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._int8_linear(x, self.qweight, self.scale.to(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight, fused GEMV"
+
+
+def swap_to_gemv(model: nn.Module, names: list[str]) -> None:
+    """Replace the torchao-int8 ``nn.Linear`` layers named in ``names`` by ``Int8GemvLinear``."""
+    modules = dict(model.named_modules())
+    for name in names:
+        linear = modules[name]
+        w = linear.weight  # a torchao Int8Tensor: qdata (out, in) int8, scale (out, 1)
+        new = Int8GemvLinear(w.qdata, w.scale.to(w.dtype), linear.bias)
+        parent_name, _, child = name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else model, child, new)
