@@ -87,7 +87,9 @@ def eager_runner(model: TinyLM, ids: torch.Tensor) -> Any:
     return make_run
 
 
-def static_runner(model: TinyLM, ids: torch.Tensor, max_new: int, compile: bool) -> Any:
+def static_runner(
+    model: TinyLM, ids: torch.Tensor, max_new: int, compile: bool, fullgraph: bool = True
+) -> Any:
     from tinylm.cache.static import StaticCache, decode_step, model_cache_shape, static_greedy_generate
 
     p = next(model.parameters())
@@ -96,7 +98,7 @@ def static_runner(model: TinyLM, ids: torch.Tensor, max_new: int, compile: bool)
     step = decode_step
     if compile:
         cache.mark_static_addresses()
-        step = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True)
+        step = torch.compile(decode_step, mode="reduce-overhead", fullgraph=fullgraph)
 
     def make_run(n: int) -> Any:
         return lambda: static_greedy_generate(model, ids, n, step_fn=step, cache=cache)[:, ids.size(1) :]
@@ -136,8 +138,14 @@ def speed_part(args: argparse.Namespace, device: torch.device, schemes: list[str
             eager = eager_runner(model, ids)
             with torch.no_grad():
                 row["eager_tok_s"] = tokens_per_s(eager, args.eager_tokens, args.repeats, device)
-            static = static_runner(model, ids, args.new_tokens, compile=not args.no_compile)
-            row["static_compile_tok_s"] = tokens_per_s(static, args.new_tokens, args.repeats, device)
+            try:
+                static = static_runner(model, ids, args.new_tokens, not args.no_compile, fullgraph=True)
+                row["static_compile_tok_s"] = tokens_per_s(static, args.new_tokens, args.repeats, device)
+            except Exception as e:  # e.g. a graph break: measure with fullgraph=False and say so
+                row["fullgraph_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                torch._dynamo.reset()
+                static = static_runner(model, ids, args.new_tokens, not args.no_compile, fullgraph=False)
+                row["static_compile_tok_s"] = tokens_per_s(static, args.new_tokens, args.repeats, device)
             k = args.eager_tokens
             same = (static(k)()[:, :k] == eager(k)()).float().mean()
             row["compiled_matches_eager"] = float(same)
