@@ -159,6 +159,14 @@ def decode_speed(model: TinyLM, label: str, batch: int, args, device: torch.devi
         )
     except Exception as e:
         rows.append({"model": label, "batch": batch, "cache": "static+compile", "error": repr(e)[:200]})
+    try:  # baseline: transformers generate (default dynamic cache) on the same weights, same run
+        from tinylm.core.bench.inference import hf_generator
+        from tinylm.core.hf import to_hf
+
+        hf = to_hf(model).to(device=device, dtype=dtype).eval()
+        rows.append({"model": label, "batch": batch, "cache": "HF generate", **rate(hf_generator(hf, ids))})
+    except Exception as e:
+        rows.append({"model": label, "batch": batch, "cache": "HF generate", "error": repr(e)[:200]})
     base = rows[0].get("tokens_per_s")
     for r in rows:
         if "tokens_per_s" in r and base:
