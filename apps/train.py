@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from tinylm.core import CheckpointError, ModelConfig, TinyLM
 from tinylm.core.data import BatchIterator, DataConfig, PackedBlocks, build_data
-from tinylm.dist import TrainConfig, Trainer, build_strategy
+from tinylm.dist import TrainConfig, Trainer, build_strategy, seed_everything
 from tinylm.dist.report import finish_run
 from tinylm.mm import MM_DATASETS, run_captioner
 from tinylm.quant import finish_training, prepare_for_training
@@ -49,6 +49,7 @@ def run(cfg: DictConfig) -> dict:
     model_cfg = ModelConfig.from_preset(model_args.pop("size"), vocab_size=tokenizer.vocab_size, **model_args)
     if cfg.block_size > model_cfg.max_seq_len:
         raise ValueError(f"block_size={cfg.block_size} is over model.max_seq_len={model_cfg.max_seq_len}")
+    seed_everything(train_cfg.seed)  # same initial weights whatever ran before (a multirun's earlier jobs)
     model = prepare_for_training(TinyLM(model_cfg), cfg.quant.scheme, train_cfg.device)  # QAT / float8
     log.info("model: %s, %.2fM parameters", model_cfg.architecture, model.num_parameters() / 1e6)
     batch, seed = train_cfg.batch_size, train_cfg.seed
