@@ -100,6 +100,8 @@ class MoEMLP(nn.Module):
         weight = top_p.t().reshape(-1)
         slot_in_expert = (F.one_hot(expert, e).cumsum(0) - 1).gather(1, expert[:, None]).squeeze(1)
         cap = self.capacity(n)
+        if cap >= n:  # nothing is dropped: a buffer as deep as the fullest expert's load is enough
+            cap = int(torch.bincount(expert, minlength=e).max())
         keep = slot_in_expert < cap
         slot = (expert * cap + slot_in_expert)[keep]
         token, weight = token[keep], weight[keep]
