@@ -151,7 +151,11 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.bias)
         self.o_proj.residual_projection = True
-        self.backend = ATTENTION_BACKENDS.get(cfg.attention)
+        backend = ATTENTION_BACKENDS.get(cfg.attention)
+        # a backend registered as an nn.Module class (attention_variants.py) may hold parameters and read
+        # options from the config: one is built per layer; a plain function is used as it is
+        is_module = isinstance(backend, type) and issubclass(backend, nn.Module)
+        self.backend = backend(cfg, layer_idx) if is_module else backend
         self.dropout = cfg.dropout
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
 
