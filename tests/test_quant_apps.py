@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocess training runs
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = [
     "training=quick_test", "training.max_steps=6", "training.eval_interval=6", "block_size=64",
