@@ -164,3 +164,26 @@ def test_hf_export_refuses_models_transformers_cannot_express(overrides):
 
     with pytest.raises(ValueError, match="to_hf exports plain attention without routers"):
         to_hf(TinyLM(**BASE, **overrides))
+
+
+class OwnMaskCache(StandardCache):
+    """A cache that builds its own attention mask (as static, paged and ring-buffer caches do)."""
+
+    def attention_mask(self, layer_idx, ctx):
+        return ctx.mask
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (dict(router="mod", extra={"mod": {"every": 1}}), "mixture-of-depths needs a cache holding past"),
+        (dict(attention="sliding_window"), "SlidingWindowAttention measures distances in cache slots"),
+        (dict(attention="alibi", positional="none"), "ALiBiAttention measures distances in cache slots"),
+    ],
+)
+def test_slot_sensitive_plugins_refuse_caches_with_their_own_layout(overrides, match):
+    model = TinyLM(**BASE, **overrides).eval()
+    with pytest.raises(ValueError, match=match):
+        model(torch.randint(0, 29, (1, 5)), cache=OwnMaskCache())
+    for attention in ("qk_norm", "softcap"):  # no distances: any cache
+        TinyLM(**BASE, attention=attention).eval()(torch.randint(0, 29, (1, 5)), cache=OwnMaskCache())

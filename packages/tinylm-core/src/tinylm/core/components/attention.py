@@ -169,6 +169,11 @@ class Attention(nn.Module):
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)  # (B, Hkv, S, hd) with the past prepended
             if hasattr(ctx.cache, "attention_mask"):  # a cache whose slots are not simply past + new
+                if getattr(self.backend, "needs_sequential_slots", False):  # distances from slot indices
+                    raise ValueError(
+                        f"{type(self.backend).__name__} measures distances in cache slots: it needs a cache "
+                        f"holding past + new in order (standard), not {type(ctx.cache).__name__}"
+                    )
                 mask = ctx.cache.attention_mask(self.layer_idx, ctx)
         n_rep = self.n_heads // self.n_kv_heads
         out = self.backend(

@@ -13,9 +13,11 @@ Each is an ``nn.Module`` class in ``ATTENTION_BACKENDS``: ``Attention`` builds o
   per-dimension gain makes this differ slightly from norming before RoPE (both are in use).
 - ``softcap`` (Gemma 2, arXiv 2408.00118): scores become ``cap * tanh(scores / cap)``, ``extra.softcap``.
 
-Distances count slots of the key sequence, so with a standard cache and left padding (padding comes before
-every real token) they equal the distances between real tokens; all four work with ``StandardCache``.
-A cache that evicts old keys must keep at least ``window`` of them for ``sliding_window``.
+Distances count slots of the key sequence (the queries being its last T), so with a standard cache and
+left padding (padding comes before every real token) they equal the distances between real tokens.
+``sliding_window`` and ``alibi`` therefore need a cache that holds past + new in order (``StandardCache``);
+with a cache that lays out its own slots (static, paged, ring buffer: it has ``attention_mask``) they
+raise. ``qk_norm`` and ``softcap`` use no distances and work with every cache.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ def distances(t: int, s: int, device: torch.device) -> torch.Tensor:
 class SlidingWindowAttention(nn.Module):
     """Causal attention limited to the last ``window`` positions (``model.extra.window``, default 64)."""
 
+    needs_sequential_slots = True  # distances are slot differences: see the module docstring
+
     def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         window = cfg.extra.get("window", 64)
@@ -83,6 +87,8 @@ def alibi_slopes(n_heads: int) -> torch.Tensor:
 @ATTENTION_BACKENDS.register("alibi")
 class ALiBiAttention(nn.Module):
     """Causal attention with a linear distance penalty per head (no position embedding needed)."""
+
+    needs_sequential_slots = True  # distances are slot differences: see the module docstring
 
     def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
         super().__init__()

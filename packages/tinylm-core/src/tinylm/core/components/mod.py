@@ -14,8 +14,9 @@ and the output of a skipped token is its input.
 
 Caches: every position still writes its K/V (a cache holds one entry per position), and the mask hides
 skipped ones; the per-layer selection of the cached positions is kept on the cache object. So mixture-of-
-depths works with caches that keep every position (standard, static, paged), generating exactly what full
-recomputation gives; a cache that evicts positions (sliding window) raises. No compute is saved in eval.
+depths works with ``StandardCache`` (past + new in order), generating exactly what full recomputation
+gives; a cache that builds its own attention mask (static, paged, sliding window) raises, as it would
+replace the mask that hides skipped keys. No compute is saved in eval.
 Options, ``model.extra.mod``: capacity (fraction of tokens, 1.0 = dense), every (route layers
 ``every-1, 2*every-1, ...``; the paper routes every other block), predictor_weight.
 """
@@ -97,6 +98,11 @@ class MixtureOfDepthsBlock(nn.Module):
         b, t, _ = x.shape
         keys = selected
         if ctx.cache is not None:
+            if hasattr(ctx.cache, "attention_mask"):  # it would replace the mask that hides skipped keys
+                raise ValueError(
+                    "mixture-of-depths needs a cache holding past + new in order (standard), not "
+                    f"{type(ctx.cache).__name__}, which builds its own attention mask"
+                )
             history = ctx.cache.__dict__.setdefault(HISTORY_ATTR, {})
             past = history.get(self.layer_idx, selected.new_zeros(b, 0))
             if past.shape[1] != ctx.cache.get_seq_length():
