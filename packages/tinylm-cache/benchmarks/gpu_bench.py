@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from plain_decode_loop import plain_loop_row
 
 import tinylm.cache  # noqa: F401  (registers the caches)
 from tinylm.cache import Engine
@@ -43,6 +44,10 @@ MODELS = {  # the issue's two LLaMA configs (tied head for 110M)
     ),
     "quick": dict(vocab_size=97, dim=64, n_layers=2, n_heads=4, max_seq_len=256),
 }
+DECODE_COLS = (
+    "model batch cache tokens_per_s step_ms prefill_ms speedup_vs_standard compile_s agreement_vs_tinylm "
+    "agreement_vs_eager_static error"
+).split()
 CACHE_NAMES = ["standard", "static", "paged", "quantized", "quantized_int4", "sliding_window"]
 
 
@@ -159,6 +164,11 @@ def decode_speed(model: TinyLM, label: str, batch: int, args, device: torch.devi
         )
     except Exception as e:
         rows.append({"model": label, "batch": batch, "cache": "static+compile", "error": repr(e)[:200]})
+    try:  # baseline: gpt-fast-style plain loop (static KV, SDPA, compiled step) on the same weights
+        rows.append({"model": label, "batch": batch, "cache": "plain loop+compile",
+                     **plain_loop_row(model, ids, args.new_tokens, rate)})  # fmt: skip
+    except Exception as e:
+        rows.append({"model": label, "batch": batch, "cache": "plain loop+compile", "error": repr(e)[:200]})
     try:  # baseline: transformers generate (default dynamic cache) on the same weights, same run
         from tinylm.core.bench.inference import hf_generator
         from tinylm.core.hf import to_hf
@@ -331,20 +341,7 @@ def main() -> None:
             print(f"decode {label} batch {batch} done", flush=True)
         md += [
             f"## decode (greedy, prompt {args.prompt}, {args.new_tokens} new tokens)",
-            table(
-                res["decode"],
-                [
-                    "model",
-                    "batch",
-                    "cache",
-                    "tokens_per_s",
-                    "step_ms",
-                    "prefill_ms",
-                    "speedup_vs_standard",
-                    "compile_s",
-                    "error",
-                ],
-            ),
+            table(res["decode"], DECODE_COLS),
         ]
     if "engine" not in args.skip:
         res["engine"] = engine_vs_static_batching(
