@@ -20,6 +20,8 @@ from tinylm.kernels.int8_gemv import int8_linear_reference
 from tinylm.kernels.registry import register_backend
 from tinylm.kernels.triton_support import (
     DEVICE_TYPES,
+    HAS_TRITON,
+    INTERPRETED,
     kernels_take,
     tl,
     triton,
@@ -28,7 +30,10 @@ from tinylm.kernels.triton_support import (
 )
 
 GEMV_MAX_ROWS = 16
-BLOCK_N, BLOCK_K = 16, 256
+BLOCK_N, BLOCK_K = 16, 256  # the interpreter's (and the untuned) tile
+# On a GPU the tile is autotuned per (N, K): a batch-1 GEMV needs enough programs in flight to stream the
+# weight at full bandwidth, and which tile gets there depends on the layer's shape.
+TUNE_CONFIGS = ((4, 512, 4), (8, 256, 4), (16, 256, 4), (32, 128, 4), (16, 512, 8), (64, 128, 8))
 
 
 @triton.jit
@@ -56,6 +61,14 @@ def _int8_gemv_kernel(
     tl.store(Y + m * stride_ym + offs_n, acc.to(Y.dtype.element_ty), mask=mask_n)
 
 
+_tuned_kernel = None
+if HAS_TRITON and not INTERPRETED:
+    _tuned_kernel = triton.autotune(
+        configs=[triton.Config({"BLOCK_N": n, "BLOCK_K": k}, num_warps=w) for n, k, w in TUNE_CONFIGS],
+        key=["N", "K"],
+    )(_int8_gemv_kernel)
+
+
 def int8_gemv(
     x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -65,11 +78,16 @@ def int8_gemv(
     weight, scale = weight.contiguous(), scale.contiguous()
     y = torch.empty((x2.shape[0], n), device=x.device, dtype=x.dtype)
     if x2.shape[0] > 0 and n > 0:
-        grid = (triton.cdiv(n, BLOCK_N), x2.shape[0])
-        _int8_gemv_kernel[grid](
-            y, x2, weight, scale, bias if bias is not None else scale, n, k, x2.stride(0), weight.stride(0),
-            y.stride(0), HAS_BIAS=bias is not None, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-        )  # fmt: skip
+        args = (y, x2, weight, scale, bias if bias is not None else scale, n, k, x2.stride(0),
+                weight.stride(0), y.stride(0))  # fmt: skip
+        rows = x2.shape[0]
+        if _tuned_kernel is not None:
+            _tuned_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), rows)](
+                *args, HAS_BIAS=bias is not None
+            )
+        else:
+            grid = (triton.cdiv(n, BLOCK_N), rows)
+            _int8_gemv_kernel[grid](*args, HAS_BIAS=bias is not None, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
     return y.reshape(*x.shape[:-1], n)
 
 
