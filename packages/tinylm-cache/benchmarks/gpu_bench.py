@@ -280,6 +280,12 @@ def quantized_quality(device: torch.device, n_rows: int = 8, length: int = 256) 
     return rows
 
 
+def save(out: Path, res: dict, md: list[str]) -> None:
+    """Write what is measured so far (a run cut short keeps its finished sections)."""
+    (out / "cache_bench.json").write_text(json.dumps(res, indent=1, default=str))
+    (out / "cache_bench.md").write_text("\n\n".join(md) + "\n")
+
+
 def plots(out: Path, decode_rows: list[dict], c2c: dict) -> None:
     try:
         import matplotlib
@@ -289,20 +295,20 @@ def plots(out: Path, decode_rows: list[dict], c2c: dict) -> None:
     except ImportError:
         return
     groups = sorted({(r["model"], r["batch"]) for r in decode_rows})
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-    for ax, (m, b) in zip(axes[0], groups, strict=True):
-        rs = [r for r in decode_rows if (r["model"], r["batch"]) == (m, b) and "tokens_per_s" in r]
-        ax.barh([r["cache"] for r in rs], [r["tokens_per_s"] for r in rs])
-        ax.set_title(f"{m}, batch {b}: decode tokens/s")
-    fig.tight_layout()
-    fig.savefig(out / "decode_tokens_per_s.png", dpi=120)
+    if groups:
+        fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+        for ax, (m, b) in zip(axes[0], groups, strict=True):
+            rs = [r for r in decode_rows if (r["model"], r["batch"]) == (m, b) and "tokens_per_s" in r]
+            ax.barh([r["cache"] for r in rs], [r["tokens_per_s"] for r in rs])
+            ax.set_title(f"{m}, batch {b}: decode tokens/s")
+        fig.tight_layout()
+        fig.savefig(out / "decode_tokens_per_s.png", dpi=120)
+    if not c2c["gates"]:
+        return
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.bar(range(len(c2c["gates"])), c2c["gates"])
-    ax.set_xlabel("receiver layer")
-    ax.set_ylabel("sigmoid(gate logit)")
-    ax.set_title("C2C learned per-layer gates")
-    fig.tight_layout()
-    fig.savefig(out / "c2c_gates.png", dpi=120)
+    ax.set(xlabel="receiver layer", ylabel="sigmoid(gate logit)", title="C2C learned per-layer gates")
+    fig.savefig(out / "c2c_gates.png", dpi=120, bbox_inches="tight")
 
 
 def main() -> None:
@@ -311,17 +317,20 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="tiny sizes, any device: checks the script")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--skip", nargs="*", default=[], choices=["decode", "engine", "quant", "c2c"])
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    p.add_argument("--workloads", nargs="*", default=["10.6M:1", "110M:1", "110M:32"], help="MODEL:BATCH")
     args = p.parse_args()
     q = args.quick
     args.prompt, args.new_tokens = (8, 12) if q else (16, 256)
-    args.warmup, args.repeats = 1, (1 if q else 3)
+    args.warmup, args.repeats = 1, (1 if q else args.repeats)
     args.requests, args.max_prompt, args.max_new, args.static_batch = (
         (8, 24, 24, 4) if q else (96, 256, 256, 16)
     )
     device, out = torch.device(args.device), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    workloads = [("quick", 1), ("quick", 4)] if q else [("10.6M", 1), ("110M", 1), ("110M", 32)]
+    workloads = [(w.split(":")[0], int(w.split(":")[1])) for w in args.workloads]
+    workloads = [("quick", 1), ("quick", 4)] if q else workloads
     res: dict = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -343,6 +352,7 @@ def main() -> None:
             f"## decode (greedy, prompt {args.prompt}, {args.new_tokens} new tokens)",
             table(res["decode"], DECODE_COLS),
         ]
+        save(out, res, md)
     if "engine" not in args.skip:
         res["engine"] = engine_vs_static_batching(
             build("quick" if q else "10.6M", device, dtype), args, device
@@ -351,6 +361,7 @@ def main() -> None:
             "## continuous batching (paged, block 16) vs padded static batching, same KV slots",
             table([res["engine"]], list(res["engine"])),
         ]
+        save(out, res, md)
     if "quant" not in args.skip:
         res["quantized"] = quantized_quality(device, *((2, 64) if q else (8, 256)))
         md += [
@@ -369,6 +380,7 @@ def main() -> None:
                 ],
             ),
         ]
+        save(out, res, md)
     if "c2c" not in args.skip:
         steps = (30, 20) if q else (600, 400)
         res["c2c"] = run_c2c_demo(device, lm_steps=steps[0], fuser_steps=steps[1])
@@ -377,8 +389,7 @@ def main() -> None:
             table(res["c2c"]["rows"], ["method", "accuracy", "latency_ms"]),
             f"learned gates (sigmoid): {[round(g, 3) for g in res['c2c']['gates']]}",
         ]
-    (out / "cache_bench.json").write_text(json.dumps(res, indent=1, default=str))
-    (out / "cache_bench.md").write_text("\n\n".join(md) + "\n")
+    save(out, res, md)
     plots(out, res.get("decode", []), res.get("c2c", {"gates": []}))
     print("\n\n".join(md))
 
