@@ -28,6 +28,7 @@ import argparse
 import copy
 import json
 import os
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -192,7 +193,7 @@ def quality_part(args: argparse.Namespace, device: torch.device, schemes: list[s
         print("quality part skipped: tinyshakespeare.txt or models/shakespeare not found (--data-path)")
         return []
     data_cfg = DataConfig(name="tinyshakespeare", path=str(text), val_split="end", sample_by="document",
-                          cache_dir=str(Path(args.out) / "data_cache"))  # fmt: skip
+                          cache_dir=tempfile.mkdtemp(prefix="tinylm-data-"))  # fmt: skip
     tokens = prepare_tokens(data_cfg, load_tokenizer(ckpt)).val
     base = load_checkpoint(ckpt, device=device).to(torch.bfloat16).eval()
     rows = []
