@@ -306,7 +306,7 @@ def plots(out: Path, decode_rows: list[dict], c2c: dict) -> None:
     if not c2c["gates"]:
         return
     fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(range(len(c2c["gates"])), c2c["gates"])
+    ax.bar(range(len(c2c["gates"])), c2c["gates"]), ax.set_xticks(range(len(c2c["gates"])))
     ax.set(xlabel="receiver layer", ylabel="sigmoid(gate logit)", title="C2C learned per-layer gates")
     fig.savefig(out / "c2c_gates.png", dpi=120, bbox_inches="tight")
 
