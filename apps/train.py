@@ -23,7 +23,6 @@ from tinylm.core.data import BatchIterator, DataConfig, PackedBlocks, build_data
 from tinylm.dist import TrainConfig, Trainer, build_strategy, seed_everything
 from tinylm.dist.report import finish_run
 from tinylm.mm import MM_DATASETS, run_captioner
-from tinylm.quant import finish_training, prepare_for_training
 
 log = logging.getLogger("train")
 
@@ -50,7 +49,11 @@ def run(cfg: DictConfig) -> dict:
     if cfg.block_size > model_cfg.max_seq_len:
         raise ValueError(f"block_size={cfg.block_size} is over model.max_seq_len={model_cfg.max_seq_len}")
     seed_everything(train_cfg.seed)  # same initial weights whatever ran before (a multirun's earlier jobs)
-    model = prepare_for_training(TinyLM(model_cfg), cfg.quant.scheme, train_cfg.device)  # QAT / float8
+    model = TinyLM(model_cfg)
+    if cfg.quant.scheme != "none":  # QAT / float8; imported only then: torchao costs seconds of start-up
+        from tinylm.quant import prepare_for_training
+
+        model = prepare_for_training(model, cfg.quant.scheme, train_cfg.device)
     log.info("model: %s, %.2fM parameters", model_cfg.architecture, model.num_parameters() / 1e6)
     batch, seed = train_cfg.batch_size, train_cfg.seed
     shard = dict(rank=strategy.rank, world_size=strategy.world_size)  # each block once per epoch
@@ -58,7 +61,9 @@ def run(cfg: DictConfig) -> dict:
     val = BatchIterator(PackedBlocks(splits.val, cfg.block_size), batch, seed=seed + 1, **shard)
     trainer = Trainer(model, train_cfg, train, val, out_dir=out_dir, tokenizer=tokenizer, strategy=strategy)
     summary = trainer.fit()  # run.json: + task accuracy, routing stats; a multirun's report reads them
-    if strategy.is_main:  # QAT: convert + save_quantized to <run dir>/quantized
+    if strategy.is_main and cfg.quant.scheme != "none":  # QAT: convert + save to <run dir>/quantized
+        from tinylm.quant import finish_training
+
         finish_training(trainer.model, cfg.quant.scheme, out_dir, tokenizer)
     overrides = list(HydraConfig.get().overrides.task)  # the report's run labels
     run_dir = out_dir if strategy.is_main else out_dir / f"rank{strategy.rank}"  # every rank: FSDP2 forwards

@@ -25,6 +25,7 @@ from tinylm.kernels.swiglu import swiglu, swiglu_reference
 # without Triton, a GPU, nvcc or ninja. The CUDA extension is built on first use.
 from tinylm.kernels import (  # noqa: F401
     cross_entropy_triton,
+    int8_gemv_triton,
     rms_norm_cuda,
     rms_norm_triton,
     rope_triton,
