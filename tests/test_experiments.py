@@ -26,12 +26,12 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """``apps/train.py -m +experiment=routing`` over two routers, a dozen steps each (seconds on a CPU)."""
+    """``apps/train.py -m experiment=routing`` over two routers, a dozen steps each (seconds on a CPU)."""
     base = tmp_path_factory.mktemp("sweep")
     env = {**os.environ, "TINYLM_DATA_CACHE": str(base / "cache"), "HYDRA_FULL_ERROR": "0"}
     args = [
         "-m",
-        "+experiment=routing",
+        "experiment=routing",
         "+experiment/routing=moe,mod",
         *TINY,
         f"hydra.sweep.dir={base / 'sweep'}",
@@ -93,7 +93,7 @@ def preset_choices():
 @pytest.mark.parametrize(("preset", "group", "option"), list(preset_choices()))
 def test_every_preset_option_composes_into_a_model(preset, group, option):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        cfg = compose("config", overrides=[f"+experiment={preset}", f"+experiment/{group}={option}"])
+        cfg = compose("config", overrides=[f"experiment={preset}", f"+experiment/{group}={option}"])
     assert cfg.data.name in TASKS and cfg.tokenizer.name == "char"
     sweep = cfg.hydra.sweeper.params if "hydra" in cfg else None
     model = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if v is not None}
