@@ -1,5 +1,6 @@
 """Captioning data: built-in digits and synthetic audio, image/audio folders, WAV/PNG I/O, batching."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -122,3 +123,15 @@ def test_collate_pads_with_eos_and_mask():
     stream = batches(train, 16, tok, seed=0)
     first = next(stream)
     assert first.media.shape == (16, 1, 8, 8) and first.modality == "image"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is None, reason="needs the datasets package")
+def test_folders_read_through_datasets_match_the_plain_reader(tmp_path):
+    from tinylm.mm.data import IMAGE_SUFFIXES, _datasets_items, _plain_items
+
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        for i in range(2):
+            write_png(tmp_path / label / f"{i}.png", torch.rand(1, 4, 4))
+    via_datasets = _datasets_items(tmp_path, "imagefolder")
+    assert via_datasets is not None and sorted(via_datasets) == sorted(_plain_items(tmp_path, IMAGE_SUFFIXES))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import importlib.util
 import json
 import math
 import wave
@@ -174,8 +175,20 @@ def write_png(path: str | Path, image: torch.Tensor) -> Path:
     return Path(path)
 
 
-def folder_items(root: Path, suffixes: tuple[str, ...]) -> list[tuple[Path, str]]:
-    """``(file, caption)`` pairs from a metadata file, else from class sub-folders."""
+def folder_items(root: Path, suffixes: tuple[str, ...], builder: str | None = None) -> list[tuple[Path, str]]:
+    """``(file, caption)`` pairs from a metadata file, else from class sub-folders.
+
+    With ``datasets`` installed and a ``builder`` (``imagefolder``) the folder is read by
+    ``datasets.load_dataset(builder, data_dir=root)`` (files listed, not decoded: decoding is ours);
+    without it, by the same layout rules in plain Python.
+    """
+    items = _plain_items(root, suffixes)  # also the clear errors for a missing or empty folder
+    if builder is not None and importlib.util.find_spec("datasets") is not None:
+        return _datasets_items(root, builder) or items  # one class folder: datasets drops the label
+    return items
+
+
+def _plain_items(root: Path, suffixes: tuple[str, ...]) -> list[tuple[Path, str]]:
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
     for meta in (root / "metadata.jsonl", root / "metadata.csv"):
@@ -200,12 +213,27 @@ def folder_items(root: Path, suffixes: tuple[str, ...]) -> list[tuple[Path, str]
     return items
 
 
+def _datasets_items(root: Path, builder: str) -> list[tuple[Path, str]] | None:
+    import datasets
+
+    column = "image" if builder == "imagefolder" else "audio"
+    ds = datasets.load_dataset(builder, data_dir=str(root), split="train")
+    ds = ds.cast_column(column, (datasets.Image if column == "image" else datasets.Audio)(decode=False))
+    key = next((k for k in ("text", "caption", "label") if k in ds.column_names), None)
+    if key is None:
+        return None
+    captions = ds[key]
+    if isinstance(ds.features[key], datasets.ClassLabel):
+        captions = [ds.features[key].names[i] for i in captions]
+    return [(Path(m["path"]), str(c)) for m, c in zip(ds[column], captions, strict=True)]
+
+
 @MM_DATASETS.register("imagefolder")
 def image_folder(
     path: str, image_size: int = 32, channels: int = 1, test_fraction: float = 0.2, seed: int = 0
 ) -> tuple[CaptionData, CaptionData]:
     """A local image folder (``datasets`` imagefolder layout)."""
-    items = folder_items(Path(path), IMAGE_SUFFIXES)
+    items = folder_items(Path(path), IMAGE_SUFFIXES, "imagefolder")
     media = torch.stack([load_image(f, image_size, channels) for f, _ in items])
     pre = {"image_size": image_size, "channels": channels}
     return split(CaptionData("image", media, [c for _, c in items], pre), test_fraction, seed)
@@ -216,6 +244,7 @@ def audio_folder(
     path: str, sample_rate: int = 8000, seconds: float = 1.0, test_fraction: float = 0.2, seed: int = 0
 ) -> tuple[CaptionData, CaptionData]:
     """A local folder of WAV files (``datasets`` audiofolder layout), cut or padded to ``seconds``."""
+    # plain reader only: datasets' audiofolder needs the torchcodec package even to list the files
     items = folder_items(Path(path), AUDIO_SUFFIXES)
     n = int(sample_rate * seconds)
     media = torch.stack([load_wav(f, sample_rate, n) for f, _ in items])
