@@ -68,7 +68,7 @@ def test_vq_image_tokenizer_learns_to_reconstruct_digits():
     torch.manual_seed(0)
     train, test = digits(test_fraction=0.2, seed=0)
     tok = VQImageTokenizer(hidden=32, code_dim=16, codebook_size=32, downsample=1)
-    report = tok.fit(train.media[:400], test.media[:200], steps=100)
+    report = tok.fit(train.media[:400], test.media[:200], steps=300)  # 100 left it at the bar (0.50x)
     assert report["mse"] < 0.5 * report["mean_baseline_mse"]  # well below predicting the mean digit
     assert report["codes_used"] > 8
     codes = tok(test.media[:5])
