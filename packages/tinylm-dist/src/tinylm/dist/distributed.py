@@ -62,7 +62,12 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> tuple[in
         if env is None:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
         else:
-            dist.init_process_group(backend, timeout=timeout)
+            # Keys of each torchrun restart under their own prefix: the agent's store outlives a failed
+            # attempt, and a restarted rank could otherwise read a dead peer's Gloo address from it.
+            store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            store = dist.PrefixStore(f"tinylm/attempt_{attempt}", store)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
     return dist.get_rank(), dist.get_world_size(), dev
 
 
