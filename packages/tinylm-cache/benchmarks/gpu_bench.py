@@ -14,21 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import time
 from pathlib import Path
 
 import torch
+from engine_bench import ENGINE_COLS, WASTE_COLS, engine_vs_static_batching, paged_waste
 from plain_decode_loop import plain_loop_row
 
 import tinylm.cache  # noqa: F401  (registers the caches)
-from tinylm.cache import Engine
 from tinylm.cache.c2c_demo import run_c2c_demo
 from tinylm.cache.quality import cache_quality
 from tinylm.cache.static import StaticCache, decode_step, model_cache_shape, static_greedy_generate
 from tinylm.core import CACHES, TinyLM
 from tinylm.core.bench.timing import measure
-from tinylm.core.generate import generate, pad_prompts, stream
+from tinylm.core.generate import generate, stream
 
 ROOT = Path(__file__).resolve().parents[3]
 MODELS = {  # the issue's two LLaMA configs (tied head for 110M)
@@ -184,66 +183,6 @@ def decode_speed(model: TinyLM, label: str, batch: int, args, device: torch.devi
     return rows
 
 
-def mixed_requests(
-    n: int, max_prompt: int, max_new: int, vocab: int, seed: int = 0
-) -> list[tuple[list[int], int]]:
-    rng = random.Random(seed)
-    return [
-        ([rng.randrange(vocab) for _ in range(rng.randint(8, max_prompt))], rng.randint(16, max_new))
-        for _ in range(n)
-    ]
-
-
-@torch.no_grad()
-def engine_vs_static_batching(model: TinyLM, args, device: torch.device) -> dict:
-    """Same requests, same KV memory: continuous batching over paged blocks vs padded static batches."""
-    reqs = mixed_requests(args.requests, args.max_prompt, args.max_new, model.config.vocab_size)
-    useful = sum(n for _, n in reqs)
-    group = args.static_batch
-    slots = group * (args.max_prompt + args.max_new)  # what a padded batch of `group` reserves
-
-    def static_batching():
-        for i in range(0, len(reqs), group):
-            chunk = reqs[i : i + group]
-            ids, mask = pad_prompts([p for p, _ in chunk], 0)
-            generate(
-                model,
-                ids.to(device),
-                max(n for _, n in chunk),
-                temperature=0.0,
-                attention_mask=mask.to(device),
-            )
-
-    waste: list[float] = []
-
-    def engine_run():
-        eng = Engine(model, num_blocks=slots // 16, block_size=16, max_batch=4 * group, token_budget=4096)
-        for p, n in reqs:
-            eng.add_request(p, n)
-        waste.clear()
-        while eng.has_work:
-            eng.step()
-            if eng.cache.allocator.num_used:
-                waste.append(eng.cache.memory_waste())
-        return eng
-
-    t_static = measure(static_batching, 1, args.repeats, device).median
-    t_engine = measure(engine_run, 1, args.repeats, device).median
-    eng = engine_run()
-    return {
-        "requests": len(reqs),
-        "useful_tokens": useful,
-        "kv_slots": slots,
-        "static_batching_tokens_per_s": useful / t_static * 1e3,
-        "engine_tokens_per_s": useful / t_engine * 1e3,
-        "engine_speedup": t_static / t_engine,
-        "paged_waste_mean": sum(waste) / len(waste),
-        "paged_waste_max": max(waste),
-        "preemptions": eng.stats.preemptions,
-        "peak_running": eng.stats.peak_running,
-    }
-
-
 def quantized_quality(device: torch.device, n_rows: int = 8, length: int = 256) -> list[dict]:
     """Shipped models in fp32: int8/int4 KV memory saved and NLL delta on held-out text."""
     from tinylm.core import load_checkpoint
@@ -316,7 +255,7 @@ def main() -> None:
     p.add_argument("--out", default=os.environ.get("OUT", "outputs/cache_bench"))
     p.add_argument("--quick", action="store_true", help="tiny sizes, any device: checks the script")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--skip", nargs="*", default=[], choices=["decode", "engine", "quant", "c2c"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["decode", "engine", "waste", "quant", "c2c"])
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
     p.add_argument("--workloads", nargs="*", default=["10.6M:1", "110M:1", "110M:32"], help="MODEL:BATCH")
     args = p.parse_args()
@@ -353,14 +292,18 @@ def main() -> None:
             table(res["decode"], DECODE_COLS),
         ]
         save(out, res, md)
-    if "engine" not in args.skip:
-        res["engine"] = engine_vs_static_batching(
-            build("quick" if q else "10.6M", device, dtype), args, device
-        )
+    if "engine" not in args.skip:  # engine_bench.py: HF and TinyLM static batching vs the engine
+        engine_model = build("quick" if q else "10.6M", device, dtype)
+        res["engine"] = engine_vs_static_batching(engine_model, args, device)
         md += [
-            "## continuous batching (paged, block 16) vs padded static batching, same KV slots",
-            table([res["engine"]], list(res["engine"])),
+            f"## continuous batching vs padded static batching ({args.requests} requests, prompts 8.."
+            f"{args.max_prompt}, 16..{args.max_new} new tokens, greedy; same KV slots)",
+            table(res["engine"], ENGINE_COLS),
         ]
+        save(out, res, md)
+    if "waste" not in args.skip:  # the same request set's waste in fp32 (no timing)
+        res["paged_waste_fp32"] = paged_waste(build("quick" if q else "10.6M", device, torch.float32), args)
+        md += ["## paged waste per block size (fp32)", table(res["paged_waste_fp32"], WASTE_COLS)]
         save(out, res, md)
     if "quant" not in args.skip:
         res["quantized"] = quantized_quality(device, *((2, 64) if q else (8, 256)))

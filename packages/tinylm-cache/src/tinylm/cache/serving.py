@@ -14,7 +14,7 @@ def serve_prompts(
     tokenizer: Any,
     prompts: Sequence[str],
     max_new_tokens: int,
-    block_size: int = 16,
+    block_size: int = 8,
     max_batch: int = 32,
     seed: int = 0,
     **sampling: Any,

@@ -3,7 +3,9 @@
 A backend is a function ``(q, k, v, mask, dropout_p, scale) -> out`` on ``(B, H, T, hd)`` queries and
 ``(B, H, S, hd)`` keys/values (already expanded from the kv heads). ``mask`` is None for plain causal
 attention over T == S, or a boolean ``(B|1, 1, T, S)`` tensor, True where a query may attend. Every backend
-must give the same result; ``eager`` is the readable reference.
+must give the same result; ``eager`` is the readable reference. Backends marked ``plain_softmax`` compute
+exactly softmax attention, so a cache with an ``attend(layer_idx, q, k, v, scale, ctx)`` method (the paged
+cache's decode kernel) may store the new keys/values and compute it itself, or return None to decline.
 GQA/MQA: Ainslie et al., 2023, arXiv 2305.13245; Shazeer, 2019, arXiv 1911.02150.
 """
 
@@ -80,6 +82,9 @@ def eager_attention(
     return att @ v  # (B, H, T, hd)
 
 
+eager_attention.plain_softmax = True  # type: ignore[attr-defined]  (a cache's own kernel may replace it)
+
+
 @ATTENTION_BACKENDS.register("sdpa")
 def sdpa_attention(
     q: torch.Tensor,
@@ -93,6 +98,9 @@ def sdpa_attention(
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=mask is None, scale=scale
     )
+
+
+sdpa_attention.plain_softmax = True  # type: ignore[attr-defined]
 
 
 def _flex_available() -> bool:
@@ -131,6 +139,8 @@ if _flex_available():
         block_mask = create_block_mask(mask_mod, b, None, t, s, device=q.device)
         return flex_attention(q, k, v, block_mask=block_mask, scale=scale)
 
+    flex_attention_backend.plain_softmax = True  # type: ignore[attr-defined]
+
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     """(B, Hkv, S, hd) -> (B, Hkv * n_rep, S, hd), each kv head shared by n_rep query heads."""
@@ -151,6 +161,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=cfg.bias)
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=cfg.bias)
         self.o_proj.residual_projection = True
+        self.qkv_proj: nn.Linear | None = None  # q, k and v in one matrix: set by tinylm.core.fusion
         backend = ATTENTION_BACKENDS.get(cfg.attention)
         # a backend registered as an nn.Module class (attention_variants.py) may hold parameters and read
         # options from the config: one is built per layer; a plain function is used as it is
@@ -161,10 +172,21 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        if self.qkv_proj is not None:
+            kv_width = self.n_kv_heads * self.head_dim
+            q, k, v = self.qkv_proj(x).split([self.n_heads * self.head_dim, kv_width, kv_width], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         q, k = ctx.positional.rotate(q, k, ctx.positions, ctx.memo)
+        # a cache with its own attention kernel (paged decode) may store k, v and attend itself; None: it
+        # declines and the usual path runs. Offered only for plain softmax backends, at inference
+        attend = getattr(ctx.cache, "attend", None) if getattr(self.backend, "plain_softmax", False) else None
+        out = attend(self.layer_idx, q, k, v, self.scale, ctx) if attend and not self.training else None
+        if out is not None:
+            return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
         mask = ctx.mask
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)  # (B, Hkv, S, hd) with the past prepended

@@ -1,0 +1,155 @@
+"""Continuous batching vs padded static batching at equal KV memory, and paged memory waste per block size.
+
+One mixed-length request set (prompts 8..max_prompt, 16..max_new new tokens, greedy) served four ways:
+- ``HF static batching``: transformers ``generate`` on ``to_hf(model)`` (same weights), batches of
+  ``static_batch`` requests left-padded to the batch's longest prompt, run to the batch's largest
+  ``max_new_tokens`` (no EOS) and each request's output truncated to its own limit;
+- ``TinyLM static batching``: the same batches through TinyLM's ``generate`` with the padding mask;
+- ``engine (block B)``: the continuous-batching ``Engine`` over a paged pool with the same KV slots as one
+  padded batch reserves (``static_batch * (max_prompt + max_new)``), for each block size in ``blocks``.
+Useful tokens = the sum of the requests' limits (the same for every row). Paged waste = allocated but empty
+KV slots over allocated slots, sampled after every engine step: ``waste`` weights each step by its
+allocated slots, ``waste_step_mean`` is the plain mean over steps. ``paged_waste`` repeats the waste
+measurement alone (any device, any model: it depends only on lengths and scheduling).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+from tinylm.cache import Engine
+from tinylm.core.bench.timing import measure
+from tinylm.core.generate import generate, pad_prompts
+
+ENGINE_COLS = (
+    "system block_size tokens_per_s speedup_vs_hf speedup_vs_tinylm_static waste waste_step_mean "
+    "waste_max preemptions peak_running agreement_vs_first_engine error"
+).split()
+
+WASTE_COLS = "block_size waste waste_step_mean waste_max preemptions peak_running".split()
+
+
+def mixed_requests(
+    n: int, max_prompt: int, max_new: int, vocab: int, seed: int = 0
+) -> list[tuple[list[int], int]]:
+    rng = random.Random(seed)
+    return [
+        ([rng.randrange(vocab) for _ in range(rng.randint(8, max_prompt))], rng.randint(16, max_new))
+        for _ in range(n)
+    ]
+
+
+def run_engine(model: Any, reqs: list, slots: int, block_size: int, max_batch: int) -> tuple[Engine, dict]:
+    """Serve ``reqs`` through an engine whose pool holds ``slots`` KV slots; its waste statistics."""
+    eng = Engine(model, num_blocks=slots // block_size, block_size=block_size, max_batch=max_batch,
+                 token_budget=4096)  # fmt: skip
+    for p, n in reqs:
+        eng.add_request(p, n)
+    empty = allocated = 0
+    per_step: list[float] = []
+    while eng.has_work:
+        eng.step()
+        filled, alloc = eng.cache.used_slots()
+        if alloc:
+            empty, allocated = empty + alloc - filled, allocated + alloc
+            per_step.append(1 - filled / alloc)
+    waste = {
+        "waste": empty / allocated,
+        "waste_step_mean": sum(per_step) / len(per_step),
+        "waste_max": max(per_step),
+        "preemptions": eng.stats.preemptions,
+        "peak_running": eng.stats.peak_running,
+    }
+    return eng, waste
+
+
+def paged_waste(model: Any, args: Any, blocks: tuple[int, ...] = (8, 16)) -> list[dict]:
+    """Waste of the engine request set per block size (not a timing: run it anywhere)."""
+    reqs = mixed_requests(args.requests, args.max_prompt, args.max_new, model.config.vocab_size)
+    slots = args.static_batch * (args.max_prompt + args.max_new)
+    return [{"block_size": b, **run_engine(model, reqs, slots, b, 4 * args.static_batch)[1]} for b in blocks]
+
+
+def _agreement(a: dict[int, list[int]], b: dict[int, list[int]]) -> float:
+    same = sum(x == y for i in a for x, y in zip(a[i], b[i], strict=True))
+    return same / sum(len(v) for v in a.values())
+
+
+@torch.no_grad()
+def engine_vs_static_batching(
+    model: Any, args: Any, device: torch.device, blocks: tuple[int, ...] = (8, 16)
+) -> list[dict]:
+    """Rows: HF static batching, TinyLM static batching, the engine per block size (same requests, same
+    KV slots, each timed as the median of ``args.repeats`` runs after one warm-up)."""
+    reqs = mixed_requests(args.requests, args.max_prompt, args.max_new, model.config.vocab_size)
+    useful = sum(n for _, n in reqs)
+    group = args.static_batch
+    slots = group * (args.max_prompt + args.max_new)  # what a padded batch of `group` reserves
+    chunks = [reqs[i : i + group] for i in range(0, len(reqs), group)]
+    padded = [pad_prompts([p for p, _ in c], 0) for c in chunks]
+    rows: list[dict] = []
+
+    def timed(name: str, fn, **extra) -> dict:
+        try:
+            ms = measure(fn, 1, args.repeats, device).median
+            row = {"system": name, "tokens_per_s": useful / ms * 1e3, **extra}
+        except Exception as e:  # a missing baseline must not hide the other rows
+            row = {"system": name, "error": repr(e)[:200], **extra}
+        rows.append(row)
+        return row
+
+    outputs: dict[str, dict[int, list[int]]] = {}
+
+    def hf_static():
+        got = {}
+        for c, (ids, mask) in zip(chunks, padded, strict=True):
+            n = max(k for _, k in c)
+            out = hf.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=n,
+                              min_new_tokens=n, do_sample=False, pad_token_id=0)  # fmt: skip
+            for r, (_, k) in enumerate(c):
+                got[len(got)] = out[r, ids.size(1) : ids.size(1) + k].tolist()
+        outputs["hf"] = got
+
+    def tinylm_static():
+        got = {}
+        for c, (ids, mask) in zip(chunks, padded, strict=True):
+            n = max(k for _, k in c)
+            out = generate(model, ids.to(device), n, temperature=0.0, attention_mask=mask.to(device))
+            for r, (_, k) in enumerate(c):
+                got[len(got)] = out[r, ids.size(1) : ids.size(1) + k].tolist()
+        outputs["tinylm_static"] = got
+
+    try:
+        from tinylm.core.hf import to_hf
+
+        hf = to_hf(model).to(device=device, dtype=next(model.parameters()).dtype).eval()
+        hf.generation_config.eos_token_id = None  # never stop early
+        timed("HF static batching (generate)", hf_static, kv_slots=slots)
+    except Exception as e:
+        rows.append({"system": "HF static batching (generate)", "error": repr(e)[:200]})
+    timed("TinyLM static batching (generate)", tinylm_static, kv_slots=slots)
+    for b in blocks:
+        stats: dict = {}
+
+        def engine_run(b=b, stats=stats):
+            eng, waste = run_engine(model, reqs, slots, b, 4 * group)
+            stats.update(waste)
+            outputs.setdefault(f"engine{b}", {i: r.output for i, r in eng.finished.items()})
+
+        row = timed(f"engine (paged, block {b})", engine_run, block_size=b, kv_slots=slots)
+        row.update(stats)
+        kernel = Engine(model, num_blocks=1, block_size=b).cache.uses_decode_kernel(device)
+        row["system"] += ", decode kernel" if kernel else ", gather"
+    first = next((k for k in outputs if k.startswith("engine")), None)
+    hf_tps = next((r.get("tokens_per_s") for r in rows if r["system"].startswith("HF")), None)
+    static_tps = next((r.get("tokens_per_s") for r in rows if r["system"].startswith("TinyLM")), None)
+    for r, key in zip(rows, ["hf", "tinylm_static", *[f"engine{b}" for b in blocks]], strict=False):
+        if "tokens_per_s" in r:
+            r["speedup_vs_hf"] = r["tokens_per_s"] / hf_tps if hf_tps else None
+            r["speedup_vs_tinylm_static"] = r["tokens_per_s"] / static_tps if static_tps else None
+        if first and key in outputs:
+            r["agreement_vs_first_engine"] = _agreement(outputs[first], outputs[key])
+    return rows
