@@ -42,8 +42,11 @@ def mixed_requests(
     ]
 
 
-def run_engine(model: Any, reqs: list, slots: int, block_size: int, max_batch: int) -> tuple[Engine, dict]:
-    """Serve ``reqs`` through an engine whose pool holds ``slots`` KV slots; its waste statistics."""
+def run_engine(
+    model: Any, reqs: list, slots: int, block_size: int, max_batch: int, waste: bool = True
+) -> tuple[Engine, dict]:
+    """Serve ``reqs`` through an engine whose pool holds ``slots`` KV slots; its waste statistics (after
+    every step: host-side work, so timed runs pass ``waste=False``)."""
     eng = Engine(model, num_blocks=slots // block_size, block_size=block_size, max_batch=max_batch,
                  token_budget=4096)  # fmt: skip
     for p, n in reqs:
@@ -52,18 +55,17 @@ def run_engine(model: Any, reqs: list, slots: int, block_size: int, max_batch: i
     per_step: list[float] = []
     while eng.has_work:
         eng.step()
+        if not waste:
+            continue
         filled, alloc = eng.cache.used_slots()
         if alloc:
             empty, allocated = empty + alloc - filled, allocated + alloc
             per_step.append(1 - filled / alloc)
-    waste = {
-        "waste": empty / allocated,
-        "waste_step_mean": sum(per_step) / len(per_step),
-        "waste_max": max(per_step),
-        "preemptions": eng.stats.preemptions,
-        "peak_running": eng.stats.peak_running,
-    }
-    return eng, waste
+    stats = {"preemptions": eng.stats.preemptions, "peak_running": eng.stats.peak_running}
+    if per_step:
+        stats.update(waste=empty / allocated, waste_step_mean=sum(per_step) / len(per_step),
+                     waste_max=max(per_step))  # fmt: skip
+    return eng, stats
 
 
 def paged_waste(model: Any, args: Any, blocks: tuple[int, ...] = (8, 16)) -> list[dict]:
@@ -132,15 +134,13 @@ def engine_vs_static_batching(
         rows.append({"system": "HF static batching (generate)", "error": repr(e)[:200]})
     timed("TinyLM static batching (generate)", tinylm_static, kv_slots=slots)
     for b in blocks:
-        stats: dict = {}
 
-        def engine_run(b=b, stats=stats):
-            eng, waste = run_engine(model, reqs, slots, b, 4 * group)
-            stats.update(waste)
+        def engine_run(b=b):
+            eng, _ = run_engine(model, reqs, slots, b, 4 * group, waste=False)
             outputs.setdefault(f"engine{b}", {i: r.output for i, r in eng.finished.items()})
 
         row = timed(f"engine (paged, block {b})", engine_run, block_size=b, kv_slots=slots)
-        row.update(stats)
+        row.update(run_engine(model, reqs, slots, b, 4 * group)[1])  # waste: one more, untimed run
         kernel = Engine(model, num_blocks=1, block_size=b).cache.uses_decode_kernel(device)
         row["system"] += ", decode kernel" if kernel else ", gather"
     first = next((k for k in outputs if k.startswith("engine")), None)
@@ -152,4 +152,53 @@ def engine_vs_static_batching(
             r["speedup_vs_tinylm_static"] = r["tokens_per_s"] / static_tps if static_tps else None
         if first and key in outputs:
             r["agreement_vs_first_engine"] = _agreement(outputs[first], outputs[key])
+    return rows
+
+
+KERNEL_COLS = (
+    "batch heads kv_heads head_dim block_size mean_length kernel_us gather_sdpa_us speedup max_abs_err error"
+).split()
+KERNEL_SHAPES = (  # (batch, heads, kv heads, head_dim, block size, max length)
+    (1, 6, 6, 64, 8, 512),
+    (48, 6, 6, 64, 8, 512),
+    (48, 6, 6, 64, 16, 512),
+    (32, 12, 12, 64, 16, 1024),
+    (32, 12, 4, 128, 8, 1024),
+    (8, 8, 8, 256, 32, 2048),
+)
+
+
+@torch.no_grad()
+def paged_kernel_speed(device: torch.device, repeats: int, calls: int = 20) -> list[dict]:
+    """``paged_decode_attention``: the Triton kernel vs the gather + SDPA reference on the same bf16 pool,
+    ragged lengths in [max/2, max]; microseconds per call (``calls`` per timed run, median of runs)."""
+    from tinylm.kernels import choose
+    from tinylm.kernels.paged_attention import paged_decode_attention
+
+    if choose("paged_decode_attention", device=device).name == "torch":
+        return [
+            {"error": f"no paged_decode_attention kernel on {device} (the reference is the only backend)"}
+        ]
+    rows = []
+    for b, h, hkv, hd, bs, max_len in KERNEL_SHAPES:
+        g = torch.Generator().manual_seed(b + hd)
+        lengths = torch.randint(max_len // 2, max_len + 1, (b,), generator=g)
+        width = -(-max_len // bs)
+        table = torch.randperm(b * width, generator=g).view(b, width).to(device, torch.int32)
+        q = torch.randn(b, h, hd, generator=g).to(device, torch.bfloat16)
+        k = torch.randn(b * width * bs, hkv, hd, generator=g).to(device, torch.bfloat16)
+        v = torch.randn(b * width * bs, hkv, hd, generator=g).to(device, torch.bfloat16)
+        lens = lengths.to(device, torch.int32)
+        args = (q, k, v, table, lens, bs)
+
+        def run(backend, args=args):
+            return lambda: [paged_decode_attention(*args, backend=backend) for _ in range(calls)]
+
+        err = (paged_decode_attention(*args, backend="triton").float()
+               - paged_decode_attention(*args, backend="torch").float()).abs().max().item()  # fmt: skip
+        t_k = measure(run("triton"), 2, repeats, device).median * 1e3 / calls
+        t_r = measure(run("torch"), 2, repeats, device).median * 1e3 / calls
+        rows.append(dict(batch=b, heads=h, kv_heads=hkv, head_dim=hd, block_size=bs,
+                         mean_length=float(lengths.float().mean()), kernel_us=t_k, gather_sdpa_us=t_r,
+                         speedup=t_r / t_k, max_abs_err=err))  # fmt: skip
     return rows

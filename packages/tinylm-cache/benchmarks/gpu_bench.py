@@ -18,7 +18,14 @@ import time
 from pathlib import Path
 
 import torch
-from engine_bench import ENGINE_COLS, WASTE_COLS, engine_vs_static_batching, paged_waste
+from engine_bench import (
+    ENGINE_COLS,
+    KERNEL_COLS,
+    WASTE_COLS,
+    engine_vs_static_batching,
+    paged_kernel_speed,
+    paged_waste,
+)
 from plain_decode_loop import plain_loop_row
 
 import tinylm.cache  # noqa: F401  (registers the caches)
@@ -255,7 +262,9 @@ def main() -> None:
     p.add_argument("--out", default=os.environ.get("OUT", "outputs/cache_bench"))
     p.add_argument("--quick", action="store_true", help="tiny sizes, any device: checks the script")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--skip", nargs="*", default=[], choices=["decode", "engine", "waste", "quant", "c2c"])
+    p.add_argument(
+        "--skip", nargs="*", default=[], choices=["decode", "kernel", "engine", "waste", "quant", "c2c"]
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
     p.add_argument("--workloads", nargs="*", default=["10.6M:1", "110M:1", "110M:32"], help="MODEL:BATCH")
     args = p.parse_args()
@@ -290,6 +299,13 @@ def main() -> None:
         md += [
             f"## decode (greedy, prompt {args.prompt}, {args.new_tokens} new tokens)",
             table(res["decode"], DECODE_COLS),
+        ]
+        save(out, res, md)
+    if "kernel" not in args.skip:  # engine_bench.py: the paged decode kernel vs gather + SDPA
+        res["paged_kernel"] = paged_kernel_speed(device, args.repeats)
+        md += [
+            "## paged decode attention (bf16): Triton kernel vs gather + SDPA",
+            table(res["paged_kernel"], KERNEL_COLS),
         ]
         save(out, res, md)
     if "engine" not in args.skip:  # engine_bench.py: HF and TinyLM static batching vs the engine
