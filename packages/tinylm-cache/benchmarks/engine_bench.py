@@ -43,12 +43,18 @@ def mixed_requests(
 
 
 def run_engine(
-    model: Any, reqs: list, slots: int, block_size: int, max_batch: int, waste: bool = True
+    model: Any,
+    reqs: list,
+    slots: int,
+    block_size: int,
+    max_batch: int,
+    waste: bool = True,
+    attention_kernel: str = "auto",
 ) -> tuple[Engine, dict]:
     """Serve ``reqs`` through an engine whose pool holds ``slots`` KV slots; its waste statistics (after
     every step: host-side work, so timed runs pass ``waste=False``)."""
     eng = Engine(model, num_blocks=slots // block_size, block_size=block_size, max_batch=max_batch,
-                 token_budget=4096)  # fmt: skip
+                 token_budget=4096, attention_kernel=attention_kernel)  # fmt: skip
     for p, n in reqs:
         eng.add_request(p, n)
     empty = allocated = 0
@@ -84,8 +90,9 @@ def _agreement(a: dict[int, list[int]], b: dict[int, list[int]]) -> float:
 def engine_vs_static_batching(
     model: Any, args: Any, device: torch.device, blocks: tuple[int, ...] = (8, 16)
 ) -> list[dict]:
-    """Rows: HF static batching, TinyLM static batching, the engine per block size (same requests, same
-    KV slots, each timed as the median of ``args.repeats`` runs after one warm-up)."""
+    """Rows: HF static batching, TinyLM static batching, the engine per block size, and (where the decode
+    kernel runs) the engine with the gather path at the first block size; same requests, same KV slots,
+    each timed as the median of ``args.repeats`` runs after one warm-up."""
     reqs = mixed_requests(args.requests, args.max_prompt, args.max_new, model.config.vocab_size)
     useful = sum(n for _, n in reqs)
     group = args.static_batch
@@ -133,20 +140,22 @@ def engine_vs_static_batching(
     except Exception as e:
         rows.append({"system": "HF static batching (generate)", "error": repr(e)[:200]})
     timed("TinyLM static batching (generate)", tinylm_static, kv_slots=slots)
-    for b in blocks:
+    kernel = Engine(model, num_blocks=1).cache.uses_decode_kernel(device)
+    configs = [(b, "auto") for b in blocks] + ([(blocks[0], "never")] if kernel else [])
+    for b, mode in configs:
+        key = f"engine{b}{mode}"
 
-        def engine_run(b=b):
-            eng, _ = run_engine(model, reqs, slots, b, 4 * group, waste=False)
-            outputs.setdefault(f"engine{b}", {i: r.output for i, r in eng.finished.items()})
+        def engine_run(b=b, mode=mode, key=key):
+            eng, _ = run_engine(model, reqs, slots, b, 4 * group, waste=False, attention_kernel=mode)
+            outputs.setdefault(key, {i: r.output for i, r in eng.finished.items()})
 
-        row = timed(f"engine (paged, block {b})", engine_run, block_size=b, kv_slots=slots)
+        path = "decode kernel" if kernel and mode == "auto" else "gather"
+        row = timed(f"engine (paged, block {b}, {path})", engine_run, block_size=b, kv_slots=slots)
         row.update(run_engine(model, reqs, slots, b, 4 * group)[1])  # waste: one more, untimed run
-        kernel = Engine(model, num_blocks=1, block_size=b).cache.uses_decode_kernel(device)
-        row["system"] += ", decode kernel" if kernel else ", gather"
     first = next((k for k in outputs if k.startswith("engine")), None)
     hf_tps = next((r.get("tokens_per_s") for r in rows if r["system"].startswith("HF")), None)
     static_tps = next((r.get("tokens_per_s") for r in rows if r["system"].startswith("TinyLM")), None)
-    for r, key in zip(rows, ["hf", "tinylm_static", *[f"engine{b}" for b in blocks]], strict=False):
+    for r, key in zip(rows, ["hf", "tinylm_static", *[f"engine{b}{m}" for b, m in configs]], strict=False):
         if "tokens_per_s" in r:
             r["speedup_vs_hf"] = r["tokens_per_s"] / hf_tps if hf_tps else None
             r["speedup_vs_tinylm_static"] = r["tokens_per_s"] / static_tps if static_tps else None
