@@ -27,6 +27,14 @@ class TestPagedTinyBlocks(CacheConformance):
     cache_kwargs: ClassVar[dict[str, Any]] = {"block_size": 3}
 
 
+class TestPagedDecodeOp(CacheConformance):
+    """Decode steps through ``paged_decode_attention`` (its PyTorch backend here; Triton on CUDA and in
+    test_paged_kernel.py's interpreter run) instead of the gather path."""
+
+    name = "paged"
+    cache_kwargs: ClassVar[dict[str, Any]] = {"block_size": 5, "attention_kernel": "always"}
+
+
 class TestSlidingWindowWiderThanSequence(CacheConformance):
     """A window that covers the whole sequence must be exact (the ring buffer never overwrites)."""
 

@@ -77,6 +77,7 @@ class PagedCache:
         self.copy_on_write_count = 0
         self._step: dict[str, Any] | None = None
         self._rows_given = False  # rows named by set_batch (the engine) rather than made per forward row
+        self._masked_rows = False  # a plain Cache whose rows may hold padding the model's mask hides
 
     # ---- sequences -------------------------------------------------------------------------------------
     def add_sequence(self, seq_id: int, tokens: list[int] | None = None) -> int:
@@ -219,12 +220,18 @@ class PagedCache:
             return self.attention_kernel == "always"
         return choose("paged_decode_attention", device=device).name != "torch"
 
-    def _key_padding(self, ctx: Any) -> bool:
-        """Whether the model's mask hides stored positions (left padding of a plain ``generate`` batch),
-        which the kernel cannot see. Rows named by ``set_batch`` are whole sequences: never padded."""
-        if self._rows_given or ctx.mask is None:
-            return False
-        return not bool(ctx.mask.all())
+    def _note_mask(self, q: torch.Tensor, ctx: Any) -> None:
+        """Remember whether the model's mask may hide stored positions (left padding of a plain
+        ``generate`` batch), which the kernel cannot see. Decided once per forward without a device sync
+        where possible: a prefill with a mask counts as padded (its mask is causal anyway); only a first
+        forward of one token reads its mask. Rows named by ``set_batch`` are whole sequences: never."""
+        if self._rows_given or "paged_mask_seen" in ctx.memo:
+            return
+        ctx.memo["paged_mask_seen"] = True
+        if q.shape[2] > 1:
+            self._masked_rows = ctx.mask is not None
+        elif self.batch is None:
+            self._masked_rows = ctx.mask is not None and not bool(ctx.mask.all())
 
     def attend(
         self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, ctx: Any
@@ -232,12 +239,15 @@ class PagedCache:
         """A decode step (T == 1): store ``k``, ``v`` and return attention over the pool (B, H, 1, hd)
         without gathering; None for prefill steps or where the kernel is not used (the caller then
         calls ``update`` and attends as usual)."""
+        self._note_mask(q, ctx)
         if q.shape[2] != 1:
             return None
         if self._step is None:
             self._step = self._prepare(q.shape[0], 1, q.device)
         if "kernel" not in self._step:  # decided once per step, not per layer
-            self._step["kernel"] = self.uses_decode_kernel(q.device) and not self._key_padding(ctx)
+            self._step["kernel"] = self.uses_decode_kernel(q.device) and (
+                self._rows_given or not self._masked_rows
+            )
         if not self._step["kernel"]:
             return None
         step = self._write(layer_idx, k, v)
