@@ -83,7 +83,7 @@ def plain_greedy_generate(
     nxt = dec(ids, torch.arange(p, device=ids.device))[:, -1].argmax(-1, keepdim=True)
     out, pos = [nxt], torch.tensor([p], device=ids.device)
     for _ in range(max_new_tokens - 1):
-        nxt = step(dec, nxt, pos)
+        nxt = step(dec, nxt, pos).clone()  # a CUDA-graph output is overwritten by the next replay
         pos = pos + 1
         out.append(nxt)
     return torch.cat([ids, *out], dim=1)

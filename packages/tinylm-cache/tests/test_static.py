@@ -41,3 +41,21 @@ def test_compiled_decode_step_is_one_graph_without_recompiles() -> None:
     with torch._dynamo.config.patch(error_on_recompile=True):
         out = static_greedy_generate(model, prompt, 8, step_fn=compiled)
     assert torch.equal(out, ref)
+
+
+def test_fast_greedy_decoder_on_a_fused_model_matches_recomputation() -> None:
+    from tinylm.cache.fast_decode import compile_greedy_step, fast_greedy_generate, greedy_step
+    from tinylm.core.fusion import fuse_projections
+
+    model = tiny_model().float()
+    prompt = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(5))
+    ref = generate(model, prompt, 10, temperature=0.0, use_cache=False)
+    assert fuse_projections(model) > 0
+    c = model.config
+    cache = StaticCache(2, 14, c.n_layers, c.n_kv_heads, c.head_dim)
+    assert torch.equal(fast_greedy_generate(model, prompt, 10, greedy_step, cache), ref)  # eager
+    torch._dynamo.reset()
+    step = compile_greedy_step("cpu", backend="aot_eager")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref)
+        assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref)  # cache reused

@@ -97,3 +97,22 @@ def test_info_lists_every_op_and_the_choice(toy_op, capsys, monkeypatch):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "rms_norm" in out and "toy_add" in out and "no triton here" in out
+
+
+def test_preferring_picks_a_backend_for_the_block_only() -> None:
+    from tinylm.kernels import registry
+
+    op = "test_preferring_op"
+    registry.register_backend(op, "triton")(lambda: "triton")
+    registry.register_backend(op, "torch")(lambda: "torch")
+    try:
+        assert registry.choose(op).name == "triton"
+        with registry.preferring({op: "torch"}):
+            assert registry.choose(op).name == "torch" and registry.dispatch(op)() == "torch"
+            assert registry.choose(op, backend="triton").name == "triton"  # an explicit argument wins
+        assert registry.choose(op).name == "triton"
+        with pytest.raises(ValueError, match="has no 'cuda' backend; it has: triton, torch"):
+            with registry.preferring({op: "cuda"}):
+                pass
+    finally:
+        registry._OPS.pop(op)

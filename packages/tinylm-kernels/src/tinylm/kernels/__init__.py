@@ -14,6 +14,7 @@ from tinylm.kernels.registry import (
     dispatch,
     info_table,
     ops,
+    preferring,
     register_backend,
 )
 from tinylm.kernels.rms_norm import rms_norm, rms_norm_reference
@@ -44,6 +45,7 @@ __all__ = [
     "fused_linear_cross_entropy_reference",
     "info_table",
     "ops",
+    "preferring",
     "register_backend",
     "rms_norm",
     "rms_norm_reference",

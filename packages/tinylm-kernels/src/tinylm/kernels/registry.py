@@ -1,17 +1,19 @@
 """Kernel registry: each op name maps to backends (``cuda``, ``triton``, ``torch``), best available first.
 
 A backend is a function plus an availability check. ``dispatch(op, backend=None)`` returns the function to
-call: the forced backend if one is given (argument, then ``TINYLM_KERNELS_BACKEND``), else the first
-available backend in priority order that runs on the inputs' device type (``device_types``; a CUDA or
-Triton kernel never receives CPU tensors unless it says it can). The plain-PyTorch ``torch`` backend is
-always available, on every device, and is the oracle the other backends are tested against.
+call: the forced backend if one is given (argument, then a preference set with ``preferring``, then
+``TINYLM_KERNELS_BACKEND``), else the first available backend in priority order that runs on the inputs'
+device type (``device_types``; a CUDA or Triton kernel never receives CPU tensors unless it says it can).
+The plain-PyTorch ``torch`` backend is always available, on every device, and is the oracle the other
+backends are tested against.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +43,27 @@ class Backend:
 
 _OPS: dict[str, dict[str, Backend]] = {}
 _logged: set[tuple[str, str]] = set()
+_preferred: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def preferring(choices: dict[str, str]) -> Iterator[None]:
+    """Within the block, run each op in ``choices`` (op -> backend) on that backend when it can.
+
+    For ``torch.compile``: the plain-PyTorch backends are visible to Inductor, which fuses them with their
+    neighbours (a residual add into RMSNorm, RoPE into the KV-cache write), where a hand-written kernel is
+    one opaque launch. The choice is made when a function is traced, so wrap the calls that compile.
+    """
+    for op, backend in choices.items():
+        if backend not in backends(op):
+            raise ValueError(f"op {op!r} has no {backend!r} backend; it has: {', '.join(backends(op))}")
+    saved = dict(_preferred)
+    _preferred.update(choices)
+    try:
+        yield
+    finally:
+        _preferred.clear()
+        _preferred.update(saved)
 
 
 def register_backend(
@@ -84,6 +107,10 @@ def choose(op: str, backend: str | None = None, device: torch.device | str | Non
     """The backend that ``op`` runs on for tensors on ``device``: forced by argument or environment,
     else the best available one that runs on that device type."""
     impls = backends(op)
+    preferred = _preferred.get(op)
+    if backend is None and preferred is not None and impls[preferred].available():
+        if impls[preferred].runs_on(device):
+            return impls[preferred]
     forced = backend or os.environ.get(ENV_VAR) or None
     if forced is not None:
         if forced not in BACKEND_PRIORITY:
@@ -118,7 +145,7 @@ def choose(op: str, backend: str | None = None, device: torch.device | str | Non
     raise RuntimeError(f"no available backend for op {op!r}")
 
 
-def _chosen(op: str, backend: str | None, device_type: str | None) -> str:
+def _chosen(op: str, backend: str | None, device_type: str | None, preferred: str | None = None) -> str:
     return choose(op, backend, device_type).name
 
 
@@ -131,7 +158,8 @@ _chosen._dynamo_marked_constant = True  # type: ignore[attr-defined]
 def dispatch(op: str, backend: str | None = None, device: torch.device | str | None = None) -> Callable:
     """The function implementing ``op`` on the chosen backend for tensors on ``device``."""
     device_type = None if device is None else torch.device(device).type
-    return backends(op)[_chosen(op, backend, device_type)].fn
+    # the preference is an argument, so a compiled function guards on it (a constant per trace)
+    return backends(op)[_chosen(op, backend, device_type, _preferred.get(op))].fn
 
 
 def info_table() -> list[dict[str, str]]:

@@ -50,11 +50,16 @@ class GatedMLP(nn.Module):
         self.act = ACTIVATIONS.build(self.activation)
         self.down_proj = nn.Linear(cfg.hidden_dim, cfg.dim, bias=cfg.bias)
         self.down_proj.residual_projection = True
+        self.gate_up_proj: nn.Linear | None = None  # both in one matrix: set by tinylm.core.fusion
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
         if self.activation == "silu":  # SwiGLU: the fused tinylm.kernels op (Triton on GPU)
-            return self.down_proj(swiglu_op(self.gate_proj(x), self.up_proj(x)))
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+            return self.down_proj(swiglu_op(gate, up))
+        return self.down_proj(self.act(gate) * up)
 
 
 @MLPS.register("swiglu")

@@ -1,0 +1,188 @@
+"""Batch-1 (and batch-N) greedy decode speed of the static cache on one GPU: what each step of the fast
+decoder buys, against the gpt-fast-style plain loop measured in the same run on the same weights.
+
+    PYTHONPATH=$(ls -d packages/*/src | paste -sd:) python3 packages/tinylm-cache/benchmarks/decode_speed.py \
+        --out OUT --workloads 110M:1,10.6M:1,110M:32 [--quant int8_weight_only_gemv]
+
+Rows per workload (bf16, greedy, prompt 16, --new-tokens new tokens; decode tok/s = B * (N - 2) /
+(t(N) - t(2)), prefill excluded; CUDA events, median of --repeats after a warm-up):
+``static+compile`` (decode_step under ``mode="reduce-overhead"``, the previous best), ``fast`` (the whole
+step with argmax in one graph, Inductor-visible kernels, coordinate-descent tuning), ``fast+fused``
+(q/k/v and gate/up fused), two ablations, and ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
+``--quant``: the fused fast decoder on the model quantized with each scheme (tinylm-quant), against the
+bf16 fused fast row. Every row's tokens are checked against the eager static decoder of the same model.
+Output: a markdown table, decode_speed.json and decode_speed.png in --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_bench import MODELS, build
+from plain_decode_loop import PlainLlamaDecoder, decode_one
+
+from tinylm.cache.fast_decode import compile_greedy_step, fast_greedy_generate
+from tinylm.cache.static import StaticCache, decode_step, model_cache_shape, static_greedy_generate
+from tinylm.core.bench.timing import measure
+from tinylm.core.fusion import fuse_projections
+
+
+def rate(run, batch: int, n: int, repeats: int) -> dict:
+    full = measure(lambda: run(n), 1, repeats, "cuda").median
+    two = measure(lambda: run(2), 1, repeats, "cuda").median
+    step_ms = (full - two) / (n - 2)
+    return {"tokens_per_s": batch * 1e3 / step_ms, "step_us": step_ms * 1e3, "prefill_ms": two}
+
+
+def variants(model, ids, args) -> list[tuple[str, object]]:
+    """(label, run(n) -> tokens) for every row of one workload; compilation happens on first use."""
+    b, p = ids.shape
+    shape = model_cache_shape(model.config)
+    dev, dt = ids.device, next(model.parameters()).dtype
+
+    def static_cache():
+        c = StaticCache(b, p + args.new_tokens, device=dev, dtype=dt, **shape)
+        c.mark_static_addresses()
+        return c
+
+    out = []
+    cache0 = static_cache()
+    old = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+    out.append(("static+compile (previous)", lambda n: static_greedy_generate(model, ids, n, old, cache0)))
+    for label, m, kw in [
+        ("fast", model, {}),
+        ("fast, no tuning", model, {"tune": False}),
+        ("fast, our kernels (opaque)", model, {"inductor_kernels": False}),
+        ("fast+fused", None, {}),
+    ]:
+        if label in args.skip:
+            continue
+        if m is None:
+            m = copy.deepcopy(model)
+            fuse_projections(m)
+        cache, step = static_cache(), compile_greedy_step("cuda", **kw)
+        out.append((label, lambda n, m=m, c=cache, s=step: fast_greedy_generate(m, ids, n, s, c)))
+    dec = PlainLlamaDecoder(model, b, p + args.new_tokens)
+    plain = torch.compile(decode_one, mode="reduce-overhead", fullgraph=True)
+
+    @torch.no_grad()
+    def plain_run(n):
+        nxt = dec(ids, torch.arange(p, device=dev))[:, -1].argmax(-1, keepdim=True)
+        toks, pos = [nxt], torch.tensor([p], device=dev)
+        for _ in range(n - 1):
+            nxt = plain(dec, nxt, pos).clone()  # a CUDA-graph output is overwritten by the next replay
+            pos = pos + 1
+            toks.append(nxt)
+        return torch.cat([ids, *toks], dim=1)
+
+    out.append(("plain loop+compile (gpt-fast style)", plain_run))
+    return out
+
+
+def quant_variants(model, ids, args) -> list[tuple[str, object]]:
+    from tinylm.quant import quantize
+
+    b, p = ids.shape
+    out = []
+    for scheme in ["none", *args.quant]:
+        m = copy.deepcopy(model)
+        fuse_projections(m)
+        if scheme != "none":
+            quantize(m, scheme)
+        c = StaticCache(b, p + args.new_tokens, device=ids.device, dtype=torch.bfloat16,
+                        **model_cache_shape(model.config))  # fmt: skip
+        c.mark_static_addresses()
+        step = compile_greedy_step("cuda")
+        label = f"fast+fused {'bf16' if scheme == 'none' else scheme}"
+        out.append((label, lambda n, m=m, c=c, s=step: fast_greedy_generate(m, ids, n, s, c)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="decode_speed_out")
+    ap.add_argument("--workloads", default="110M:1,10.6M:1,110M:32")
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--prompt", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--quant", default="", help="comma-separated tinylm-quant schemes (110M, batch 1)")
+    ap.add_argument("--skip", default="", help="comma-separated row labels to leave out")
+    args = ap.parse_args()
+    args.quant = [s for s in args.quant.split(",") if s]
+    args.skip = set(args.skip.split(","))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = torch.device("cuda")
+    rows = []
+    jobs = [(w.split(":")[0], int(w.split(":")[1]), "decode") for w in args.workloads.split(",") if w]
+    jobs += [("110M", 1, "quant")] if args.quant else []
+    for name, batch, kind in jobs:
+        if name not in MODELS:
+            raise SystemExit(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+        torch._dynamo.reset()
+        model = build(name, dev, torch.bfloat16)
+        ids = torch.randint(0, model.config.vocab_size, (batch, args.prompt), device=dev,
+                            generator=torch.Generator(dev).manual_seed(0))  # fmt: skip
+        with torch.no_grad():
+            ref = static_greedy_generate(model, ids, args.new_tokens)  # eager static: the token oracle
+        for label, run in (variants if kind == "decode" else quant_variants)(model, ids, args):
+            row = {"model": name, "batch": batch, "row": label}
+            t0 = time.perf_counter()
+            try:
+                with torch.no_grad():
+                    toks = run(args.new_tokens)  # compiles
+                    row["compile_s"] = time.perf_counter() - t0
+                    row["agreement_vs_eager_static"] = (toks == ref).float().mean().item()
+                    row.update(rate(run, batch, args.new_tokens, args.repeats))
+            except Exception as e:  # one failing row must not lose the others
+                traceback.print_exc()
+                row["error"] = repr(e)[:300]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    for r in rows:
+        base = next((q for q in rows if q["model"] == r["model"] and q["batch"] == r["batch"]
+                     and q["row"].startswith("plain") and "tokens_per_s" in q), None)  # fmt: skip
+        if base and "tokens_per_s" in r:
+            r["vs_plain_loop"] = r["tokens_per_s"] / base["tokens_per_s"]
+    env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "argv": sys.argv}
+    (out_dir / "decode_speed.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
+    print(f"\n## decode speed on {env['device']}, torch {env['torch']}\n")
+    print("| model | batch | row | tok/s | us/step | vs plain loop | agreement | compile s |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['model']} | {r['batch']} | {r['row']} | failed: {r['error'][:90]} | | | | |")
+            continue
+        print(f"| {r['model']} | {r['batch']} | {r['row']} | {r['tokens_per_s']:,.0f} | {r['step_us']:.0f} | "
+              f"{r.get('vs_plain_loop', float('nan')):.2f}x | {r['agreement_vs_eager_static']:.3f} | "
+              f"{r['compile_s']:.1f} |")  # fmt: skip
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        ok = [r for r in rows if "tokens_per_s" in r]
+        fig, ax = plt.subplots(figsize=(9, 0.4 * len(ok) + 1.5))
+        labels = [f"{r['model']} b{r['batch']}: {r['row']}" for r in ok]
+        ax.barh(labels[::-1], [r["tokens_per_s"] for r in ok][::-1])
+        ax.set_xscale("log")
+        ax.set_xlabel("decode tokens/s (log)")
+        ax.set_title(f"greedy decode, static cache, {env['device']}")
+        fig.tight_layout()
+        fig.savefig(out_dir / "decode_speed.png", dpi=110)
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    main()

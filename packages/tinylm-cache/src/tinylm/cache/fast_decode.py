@@ -1,0 +1,77 @@
+"""Fast greedy decoding: the whole decode step, sampling included, in one CUDA graph that Inductor tuned.
+
+``compile_greedy_step()`` returns ``step(model, cache, tokens) -> next tokens`` for a ``StaticCache``,
+compiled with ``torch.compile`` (CUDA graphs on a GPU) around ``greedy_step``. What it does beyond
+``torch.compile(decode_step, mode="reduce-overhead")``, each measured in ``benchmarks/gpu_bench.py``:
+
+- the argmax runs inside the graph and the positions are read from the cache's device counter, so a token
+  costs one graph replay plus the counter's increment, not extra eager launches;
+- ``inductor_kernels``: RMSNorm, RoPE and SwiGLU use their plain-PyTorch backends while compiling
+  (``tinylm.kernels.preferring``), which Inductor fuses with their neighbours (the residual add into the
+  norm, RoPE into the KV-cache write); the hand-written kernels are one opaque launch each;
+- ``tune``: Inductor's coordinate-descent tuning of the generated kernels (gpt-fast turns it on too).
+
+Fuse the model's projections first for fewer launches (``tinylm.core.fusion.fuse_projections``). Rows of a
+batch must share one length (no padding): positions come from the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from tinylm.cache.static import StaticCache, decode_step
+from tinylm.kernels import preferring
+
+FUSABLE = {"rms_norm": "torch", "rope": "torch", "swiglu": "torch"}
+
+
+def greedy_step(model: Any, cache: StaticCache, tokens: torch.Tensor) -> torch.Tensor:
+    """The next tokens ``(B, 1)`` after ``tokens`` ``(B, 1)``, written at the cache's position."""
+    positions = cache.position.expand(tokens.shape[0], 1)
+    return decode_step(model, cache, tokens, positions)[:, -1].argmax(-1, keepdim=True)
+
+
+def compile_greedy_step(
+    device: torch.device | str = "cuda",
+    inductor_kernels: bool = True,
+    tune: bool = True,
+    backend: str = "inductor",
+) -> Any:
+    """``greedy_step`` compiled once for fixed shapes (CUDA graphs on a GPU); call it like ``greedy_step``.
+
+    The returned tokens are a copy, so they survive the next replay of the graph. ``backend``: another
+    ``torch.compile`` backend (tests use ``aot_eager``); the Inductor options apply to Inductor only.
+    """
+    cuda = torch.device(device).type == "cuda"
+    options = (
+        {"triton.cudagraphs": cuda, "coordinate_descent_tuning": tune} if backend == "inductor" else None
+    )
+    compiled = torch.compile(greedy_step, backend=backend, fullgraph=True, dynamic=False, options=options)
+    choices = FUSABLE if inductor_kernels else {}
+
+    def step(model: Any, cache: StaticCache, tokens: torch.Tensor) -> torch.Tensor:
+        with preferring(choices):
+            return compiled(model, cache, tokens).clone()
+
+    return step
+
+
+@torch.no_grad()
+def fast_greedy_generate(
+    model: Any, input_ids: torch.Tensor, max_new_tokens: int, step: Any, cache: StaticCache
+) -> torch.Tensor:
+    """``input_ids`` ``(B, P)`` + ``max_new_tokens`` greedy tokens: one prefill, then ``step`` per token.
+
+    ``step`` comes from ``compile_greedy_step`` (or is ``greedy_step`` itself, eager); ``cache`` is reset
+    first and reused, as CUDA graphs need the same buffers each time.
+    """
+    cache.reset()
+    nxt = model(input_ids, cache=cache).logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+    out = [nxt]
+    for _ in range(max_new_tokens - 1):
+        nxt = step(model, cache, nxt)
+        cache.advance(1)
+        out.append(nxt)
+    return torch.cat([input_ids, *out], dim=1)
