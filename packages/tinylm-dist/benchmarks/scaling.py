@@ -117,7 +117,7 @@ def worker(args: argparse.Namespace) -> None:
     trainer = Trainer(model, train_cfg, data, out_dir=tempfile.mkdtemp(), strategy=strategy)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    losses, times = [], []
+    losses, times, host = [], [], []
     for step in range(steps):
         if cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -133,6 +133,7 @@ def worker(args: argparse.Namespace) -> None:
         losses.append(stats["loss"])
         if step >= args.warmup:
             times.append(elapsed)
+            host.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) if cuda else 0
     # what each rank holds for training: parameters, gradients (one more accumulation) and AdamW state
     trainer.accumulate_gradients([next(data) for _ in range(args.accum)])
@@ -152,6 +153,7 @@ def worker(args: argparse.Namespace) -> None:
             "accum": args.accum, "micro_batch": args.micro_batch, "seq_len": args.seq_len,
             "tokens_per_step": tokens_per_step, "step_ms_median": step_s * 1e3,
             "step_ms_all": [t * 1e3 for t in times], "tokens_per_s": tps,
+            "host_ms_median": statistics.median(host) * 1e3,
             "peak_mem_gib": float(worst[0]) / 2**30, "state_gib_per_gpu": float(worst[1]) / 2**30,
             "matmul_tflops": matmul_tflops, "mfu": tps / world * flops_tok / (matmul_tflops * 1e12),
             "losses": losses, "final_loss": losses[-1], "tokens_trained": tokens_per_step * steps,
