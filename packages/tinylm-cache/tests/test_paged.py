@@ -140,3 +140,26 @@ def test_memory_waste_counts_unfilled_slots_and_shared_blocks_once() -> None:
     assert cache.sequences[2].blocks[0] == cache.sequences[0].blocks[0]
     assert cache.used_slots() == (4 + 1 + 4 + 4 + 2, 5 * 4)
     assert cache.memory_waste() == pytest.approx(5 / 20)
+
+
+@pytest.mark.parametrize("n_new", [1, 3])
+def test_blocks_needed_is_what_the_next_write_takes(n_new: int) -> None:
+    """Through block boundaries and copy-on-write of shared blocks (a fork shares a partial and, at 8
+    tokens, a full last block), the prediction for a sequence equals the blocks its write then takes."""
+    model = tiny_model()
+    cache = make(model, num_blocks=60, block_size=4)
+    prefill(model, cache, 0, [5, 3, 8, 1, 2, 9, 4])  # 7 tokens: a partial last block
+    prefill(model, cache, 2, [6, 6, 1, 2, 3, 4, 7, 7])  # 8 tokens: full blocks only
+    cache.fork(0, 1)
+    cache.fork(2, 3)
+    taken = []
+    for step in range(5):
+        for s in range(4):
+            predicted = cache.blocks_needed(s, n_new)
+            free = cache.allocator.num_free
+            cache.set_batch([s])
+            pos = torch.arange(n_new)[None] + cache.sequences[s].length
+            model(torch.full((1, n_new), 10 + step), positions=pos, cache=cache)
+            taken.append(free - cache.allocator.num_free)
+            assert taken[-1] == predicted, f"step {step}, sequence {s}"
+    assert cache.copy_on_write_count == 1 and max(taken) >= 1  # seq 0 copies the shared partial block

@@ -183,8 +183,8 @@ class Engine:
         admitted = self._admit(self.token_budget - len(decoding), events)
         if decoding:
             self.cache.set_batch([r.request_id for r in decoding])
-            ids = torch.tensor([[r.tokens[-1]] for r in decoding], device=self.device)  # (B, 1)
-            pos = torch.tensor([[len(r.tokens) - 1] for r in decoding], device=self.device)
+            ids = torch.tensor([[r.output[-1]] for r in decoding], device=self.device)  # (B, 1)
+            pos = torch.tensor([[len(r.prompt) + len(r.output) - 1] for r in decoding], device=self.device)
             logits = self.model(ids, positions=pos, cache=self.cache).logits[:, -1]  # (B, vocab)
             for req, token in zip(decoding, self._sample_rows(decoding, logits), strict=True):
                 self._emit(req, token, events)

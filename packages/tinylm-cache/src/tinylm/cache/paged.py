@@ -134,6 +134,9 @@ class PagedCache:
     def blocks_needed(self, seq_id: int, n_new: int) -> int:
         """Fresh blocks writing ``n_new`` more positions would take (new blocks + copies of shared ones)."""
         s, bs = self._get(seq_id), self.block_size
+        if n_new == 1:  # the decode case, every step for every running sequence: no range arithmetic
+            i = s.length // bs
+            return 1 if i >= len(s.blocks) else int(self.allocator.refcount[s.blocks[i]] > 1)
         grow = max(0, math.ceil((s.length + n_new) / bs) - len(s.blocks))
         shared = range(s.length // bs, min(len(s.blocks), math.ceil((s.length + n_new) / bs)))
         return grow + sum(self.allocator.refcount[s.blocks[i]] > 1 for i in shared)
