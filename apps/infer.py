@@ -5,7 +5,8 @@ The checkpoint directory holds model.safetensors + config.json (tinylm-core) and
 ``--temperature 0`` is greedy. ``--cache NAME`` picks a KV cache from ``CACHES`` (tinylm-cache: static, paged,
 quantized, sliding_window, ...); ``--engine FILE`` serves every line of FILE as a prompt through the
 continuous-batching engine. ``--quant SCHEME`` quantizes the model (tinylm-quant; a directory written by
-``save_quantized`` loads as saved). Errors are one line on stderr with a non-zero exit code.
+``save_quantized`` loads as saved). ``--fast`` decodes greedily with fused projections, a static cache and
+one CUDA graph per token (tinylm.cache.fast_decode). Errors are one line on stderr with a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from tinylm.cache import serve_prompts
+from tinylm.cache.fast_decode import fast_greedy
 from tinylm.core import CACHES, CheckpointError
 from tinylm.core.data import load_tokenizer
 from tinylm.core.generate import stream
@@ -42,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", default="standard", help=f"KV cache: {', '.join(CACHES.names())}")
     p.add_argument("--quant", default="none", help=f"quantization scheme: {', '.join(SCHEMES)}")
     p.add_argument("--engine", metavar="FILE", help="serve each line of FILE through the batching engine")
+    p.add_argument("--fast", action="store_true", help="fast greedy decoding (with --temperature 0)")
     media = p.add_mutually_exclusive_group()  # captioners (tinylm-mm): --ckpt <train run dir>/captioner
     media.add_argument("--image", help="caption this image file (greedy) with a tinylm-mm captioner")
     media.add_argument("--audio", help="caption this WAV file (greedy) with a tinylm-mm captioner")
@@ -93,11 +96,15 @@ def main(argv: list[str] | None = None) -> int:
             args.max_new_tokens = limit - len(ids)
             print(f"warning: --max-new-tokens lowered to {args.max_new_tokens} (context)", file=sys.stderr)
         generator = torch.Generator(device=device).manual_seed(args.seed)
-        cache = CACHES.build(
+        if args.fast and (args.temperature != 0 or args.cache != "standard"):
+            raise ValueError(
+                "--fast decodes greedily with its own static cache: pass --temperature 0, no --cache"
+            )
+        cache = None if args.fast else CACHES.build(
             args.cache, config=model.config, batch_size=1, max_seq_len=len(ids) + args.max_new_tokens,
             device=device, dtype=next(model.parameters()).dtype,
         )  # fmt: skip
-        steps = stream(
+        steps = fast_greedy(model, torch.tensor([ids]), args.max_new_tokens) if args.fast else stream(
             model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_tokens=[tok.eos_id],
             pad_id=tok.pad_id, generator=generator, cache=cache,

@@ -49,3 +49,13 @@ def test_unknown_cache_lists_the_known_ones(capsys):
 def test_engine_file_missing_is_a_one_line_error(capsys):
     assert load_infer().main([*GREEDY, "--engine", "missing_prompts.txt"]) == 2
     assert "missing_prompts.txt" in capsys.readouterr().err
+
+
+def test_fast_decoding_gives_the_standard_greedy_text(capsys):
+    infer = load_infer()
+    assert infer.main(GREEDY) == 0
+    standard = capsys.readouterr().out
+    assert infer.main([*GREEDY, "--fast"]) == 0
+    assert capsys.readouterr().out == standard
+    assert infer.main([*GREEDY, "--temperature", "0.8", "--fast"]) == 2
+    assert "--fast decodes greedily" in capsys.readouterr().err

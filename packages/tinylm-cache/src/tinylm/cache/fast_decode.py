@@ -17,6 +17,7 @@ batch must share one length (no padding): positions come from the cache.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -59,19 +60,51 @@ def compile_greedy_step(
 
 
 @torch.no_grad()
-def fast_greedy_generate(
+def fast_greedy_stream(
     model: Any, input_ids: torch.Tensor, max_new_tokens: int, step: Any, cache: StaticCache
-) -> torch.Tensor:
-    """``input_ids`` ``(B, P)`` + ``max_new_tokens`` greedy tokens: one prefill, then ``step`` per token.
+) -> Iterator[torch.Tensor]:
+    """Yield each new token ``(B,)``: one prefill of ``input_ids`` ``(B, P)``, then ``step`` per token.
 
     ``step`` comes from ``compile_greedy_step`` (or is ``greedy_step`` itself, eager); ``cache`` is reset
     first and reused, as CUDA graphs need the same buffers each time.
     """
+    if input_ids.shape[1] + max_new_tokens > cache.max_seq_len:
+        raise ValueError(
+            f"prompt of {input_ids.shape[1]} tokens + {max_new_tokens} new is more than the cache's "
+            f"{cache.max_seq_len} positions"
+        )
     cache.reset()
     nxt = model(input_ids, cache=cache).logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-    out = [nxt]
-    for _ in range(max_new_tokens - 1):
-        nxt = step(model, cache, nxt)
-        cache.advance(1)
-        out.append(nxt)
-    return torch.cat([input_ids, *out], dim=1)
+    for i in range(max_new_tokens):
+        yield nxt[:, 0]
+        if i + 1 < max_new_tokens:
+            nxt = step(model, cache, nxt)
+            cache.advance(1)
+
+
+def fast_greedy_generate(
+    model: Any, input_ids: torch.Tensor, max_new_tokens: int, step: Any, cache: StaticCache
+) -> torch.Tensor:
+    """``input_ids`` ``(B, P)`` followed by ``max_new_tokens`` greedy tokens (see ``fast_greedy_stream``)."""
+    new = list(fast_greedy_stream(model, input_ids, max_new_tokens, step, cache))
+    return torch.cat([input_ids, *(t[:, None] for t in new)], dim=1)
+
+
+def fast_greedy(model: Any, input_ids: torch.Tensor, max_new_tokens: int) -> Iterator[torch.Tensor]:
+    """The whole recipe in one call: fuse the projections (unless the model is quantized, which keeps them
+    apart), a static cache for ``input_ids`` ``(B, P)`` + ``max_new_tokens``, the compiled step on a GPU
+    (the eager ``greedy_step`` elsewhere); yields each new token ``(B,)`` like ``fast_greedy_stream``."""
+    from tinylm.cache.static import model_cache_shape
+    from tinylm.core.fusion import fuse_projections
+
+    try:
+        fuse_projections(model)
+    except TypeError:
+        pass  # quantized or wrapped projections: decoded as they are
+    param = next(model.parameters())
+    b, p = input_ids.shape
+    cache = StaticCache(b, p + max_new_tokens, device=param.device, dtype=param.dtype,
+                        **model_cache_shape(model.config))  # fmt: skip
+    cache.mark_static_addresses()
+    step = compile_greedy_step(param.device) if param.device.type == "cuda" else greedy_step
+    return fast_greedy_stream(model, input_ids.to(param.device), max_new_tokens, step, cache)
