@@ -65,6 +65,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data-path", default=None, help="tinyshakespeare.txt (default: looked up)")
     p.add_argument("--ppl-tokens", type=int, default=60_000)
     p.add_argument("--device", default="cuda")
+    p.add_argument("--parts", default="speed,quality", help="speed (110M decode), quality (shakespeare)")
     p.add_argument("--smoke", action="store_true", help="allow --device cpu with a tiny model (a code check)")
     return p.parse_args()
 
@@ -284,8 +285,9 @@ def main() -> None:
     if schemes[0] != "none":
         schemes.insert(0, "none")
     t0 = time.perf_counter()
-    speed = speed_part(args, device, schemes)
-    quality = quality_part(args, device, schemes)
+    parts = set(args.parts.split(","))
+    speed = speed_part(args, device, schemes) if "speed" in parts else []
+    quality = quality_part(args, device, schemes) if "quality" in parts else []
     env = {
         "device": device_name(), "torch": torch.__version__,
         "torchao": __import__("torchao").__version__, "args": vars(args), "wall_s": time.perf_counter() - t0,
