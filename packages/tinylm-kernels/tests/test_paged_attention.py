@@ -10,7 +10,7 @@ from tinylm.kernels.paged_attention_triton import paged_decode
 from tinylm.kernels.triton_support import triton_available
 
 CUDA = torch.cuda.is_available()
-DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)]
+DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float64, 1e-10)]  # float64: the reference
 # (heads, kv heads, head_dim, block_size, row lengths): lengths not multiples of the block, one-token rows
 CASES = [
     (4, 4, 16, 8, [1, 9, 23]),

@@ -3,8 +3,8 @@
 One program per (batch row, query head, split of the row's positions). It walks its positions in tiles of
 ``BLOCK_N``: for each position it reads the block id from the row's table and loads the key/value from
 its slot ``block * block_size + offset`` of the pool (kv head ``h // group``, so GQA costs no copy), and
-keeps the running max ``m``, normaliser ``l`` and weighted sum ``acc`` in float32 (float64 for float64
-inputs)::
+keeps the running max ``m``, normaliser ``l`` and weighted sum ``acc`` in float32 (float64 inputs go to
+the reference: the kernel takes fp16/bf16/fp32)::
 
     m' = max(m, max_j s_j)      l' = l e^(m - m') + sum_j e^(s_j - m')
     acc' = acc e^(m - m') + sum_j e^(s_j - m') v_j
@@ -22,7 +22,6 @@ from tinylm.kernels.paged_attention import paged_decode_attention_reference
 from tinylm.kernels.registry import register_backend
 from tinylm.kernels.triton_support import (
     DEVICE_TYPES,
-    accumulator_dtype,
     kernels_take,
     next_power_of_2,
     tl,
@@ -41,7 +40,7 @@ def _paged_decode_kernel(
     O, M, L, Q, K, V, T, LEN, scale, split_len,
     stride_qb, stride_qh, stride_kt, stride_kh, stride_tb, stride_ob, stride_oh, stride_os,
     HEAD_DIM, GROUP: tl.constexpr, PAGE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    ACC: tl.constexpr, SPLIT: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
@@ -49,25 +48,25 @@ def _paged_decode_kernel(
     kvh = (h // GROUP).to(tl.int64)
     d = tl.arange(0, BLOCK_D)
     mask_d = d < HEAD_DIM
-    q = tl.load(Q + b * stride_qb + h * stride_qh + d, mask=mask_d, other=0.0).to(ACC) * scale
+    q = tl.load(Q + b * stride_qb + h * stride_qh + d, mask=mask_d, other=0.0).to(tl.float32) * scale
     length = tl.load(LEN + b).to(tl.int64)
     start = split * split_len
     end = tl.minimum(start + split_len, length)
-    m_i = tl.max(tl.full((BLOCK_N,), float("-inf"), ACC), axis=0)
-    l_i = tl.sum(tl.zeros((BLOCK_N,), ACC), axis=0)
-    acc = tl.zeros((BLOCK_D,), ACC)
+    m_i = tl.max(tl.full((BLOCK_N,), float("-inf"), tl.float32), axis=0)
+    l_i = tl.sum(tl.zeros((BLOCK_N,), tl.float32), axis=0)
+    acc = tl.zeros((BLOCK_D,), tl.float32)
     for n0 in range(start, end, BLOCK_N):
         j = n0 + tl.arange(0, BLOCK_N)
         valid = j < end
         block = tl.load(T + b * stride_tb + j // PAGE, mask=valid, other=0).to(tl.int64)
         offs = (block * PAGE + j % PAGE)[:, None] * stride_kt + kvh * stride_kh + d[None, :]
         kv_mask = valid[:, None] & mask_d[None, :]
-        k = tl.load(K + offs, mask=kv_mask, other=0.0).to(ACC)  # (BLOCK_N, BLOCK_D)
+        k = tl.load(K + offs, mask=kv_mask, other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_D)
         s = tl.where(valid, tl.sum(k * q[None, :], axis=1), float("-inf"))  # (BLOCK_N,)
         m_new = tl.maximum(m_i, tl.max(s, axis=0))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new)
-        v = tl.load(V + offs, mask=kv_mask, other=0.0).to(ACC)
+        v = tl.load(V + offs, mask=kv_mask, other=0.0).to(tl.float32)
         l_i = l_i * alpha + tl.sum(p, axis=0)
         acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
         m_i = m_new
@@ -84,7 +83,7 @@ def _paged_decode_kernel(
 @triton.jit
 def _merge_splits_kernel(
     O, PART, M, L, HEAD_DIM, n_splits, stride_ob, stride_oh, stride_pb, stride_ph, stride_ps,
-    BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
@@ -129,10 +128,9 @@ def paged_decode(
     out = torch.empty_like(q)
     block_d = next_power_of_2(hd)
     block_n = max(16, min(64, 8192 // block_d))
-    acc = accumulator_dtype(q.dtype)
     common = (q, k_pool, v_pool, block_table, lengths, scale, split_len, q.stride(0), q.stride(1),
               k_pool.stride(0), k_pool.stride(1), block_table.stride(0))  # fmt: skip
-    meta = dict(GROUP=h // hkv, PAGE=block_size, BLOCK_D=block_d, BLOCK_N=block_n, ACC=acc)
+    meta = dict(GROUP=h // hkv, PAGE=block_size, BLOCK_D=block_d, BLOCK_N=block_n)
     if b == 0:
         return out
     if splits == 1:
@@ -140,16 +138,15 @@ def paged_decode(
             out, out, out, *common, out.stride(0), out.stride(1), 0, hd, **meta, SPLIT=False
         )
         return out
-    part_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    part = torch.empty((b, h, splits, hd), device=q.device, dtype=part_dtype)
-    m = torch.empty((b, h, splits), device=q.device, dtype=part_dtype)
+    part = torch.empty((b, h, splits, hd), device=q.device, dtype=torch.float32)
+    m = torch.empty((b, h, splits), device=q.device, dtype=torch.float32)
     lsum = torch.empty_like(m)
     _paged_decode_kernel[(b, h, splits)](
         part, m, lsum, *common, part.stride(0), part.stride(1), part.stride(2), hd, **meta, SPLIT=True
     )
     _merge_splits_kernel[(b, h)](
         out, part, m, lsum, hd, splits, out.stride(0), out.stride(1), part.stride(0), part.stride(1),
-        part.stride(2), BLOCK_D=block_d, BLOCK_S=next_power_of_2(splits), ACC=acc,
+        part.stride(2), BLOCK_D=block_d, BLOCK_S=next_power_of_2(splits),
     )  # fmt: skip
     return out
 
@@ -172,6 +169,7 @@ def paged_decode_attention_triton(
 ) -> torch.Tensor:
     """The kernel for head dims up to ``MAX_HEAD_DIM``; the reference for larger ones or off-device."""
     takes = kernels_take("paged_decode_attention", q=q, k_pool=k_pool, v_pool=v_pool)
+    takes = takes and q.dtype != torch.float64  # the kernel accumulates in float32
     if not takes or q.shape[-1] > MAX_HEAD_DIM or k_pool.dtype != q.dtype or v_pool.dtype != q.dtype:
         return paged_decode_attention_reference(q, k_pool, v_pool, block_table, lengths, block_size, scale)
     return paged_decode(q, k_pool, v_pool, block_table, lengths, block_size, scale)
