@@ -184,7 +184,8 @@ class Attention(nn.Module):
         # a cache with its own attention kernel (paged decode) may store k, v and attend itself; None: it
         # declines and the usual path runs. Offered only for plain softmax backends, at inference
         attend = getattr(ctx.cache, "attend", None) if getattr(self.backend, "plain_softmax", False) else None
-        out = attend(self.layer_idx, q, k, v, self.scale, ctx) if attend and not self.training else None
+        use = attend is not None and not self.training  # no bool() of a method: Dynamo 2.11 refuses it
+        out = attend(self.layer_idx, q, k, v, self.scale, ctx) if use else None
         if out is not None:
             return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
         mask = ctx.mask
