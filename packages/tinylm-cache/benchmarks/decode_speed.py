@@ -49,28 +49,26 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
     shape = model_cache_shape(model.config)
     dev, dt = ids.device, next(model.parameters()).dtype
 
-    def static_cache(kernel="auto"):
-        c = StaticCache(b, p + args.new_tokens, device=dev, dtype=dt, attention_kernel=kernel, **shape)
+    def static_cache():
+        c = StaticCache(b, p + args.new_tokens, device=dev, dtype=dt, **shape)
         c.mark_static_addresses()
         return c
 
     out = []
-    cache0 = static_cache("never")  # the previous path: SDPA over the masked buffer
+    cache0 = static_cache()
     old = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
     out.append(("static+compile (previous)", lambda n: static_greedy_generate(model, ids, n, old, cache0)))
     fused = copy.deepcopy(model)
     fuse_projections(fused)
-    for key, label, m, kw, kernel in [
-        ("sdpa", "fast, SDPA attention", model, {}, "never"),
-        ("notune", "fast, no tuning", model, {"tune": False}, "auto"),
-        ("opaque", "fast, our norm/rope/swiglu kernels (opaque)", model, {"inductor_kernels": False}, "auto"),
-        ("fast", "fast", model, {}, "auto"),
-        ("fused_sdpa", "fast+fused, SDPA attention", fused, {}, "never"),
-        ("fused", "fast+fused", fused, {}, "auto"),
+    for key, label, m, kw in [
+        ("notune", "fast, no tuning", model, {"tune": False}),
+        ("opaque", "fast, our norm/rope/swiglu kernels (opaque)", model, {"inductor_kernels": False}),
+        ("fast", "fast", model, {}),
+        ("fused", "fast+fused", fused, {}),
     ]:
         if key in args.skip:
             continue
-        cache, step = static_cache(kernel), compile_greedy_step("cuda", **kw)
+        cache, step = static_cache(), compile_greedy_step("cuda", **kw)
         out.append((label, lambda n, m=m, c=cache, s=step: fast_greedy_generate(m, ids, n, s, c)))
     dec = PlainLlamaDecoder(model, b, p + args.new_tokens)
     plain = torch.compile(decode_one, mode="reduce-overhead", fullgraph=True)
@@ -116,7 +114,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quant", default="", help="comma-separated tinylm-quant schemes (110M, batch 1)")
-    ap.add_argument("--skip", default="", help="rows to leave out: sdpa,notune,opaque,fast,fused_sdpa,fused")
+    ap.add_argument("--skip", default="", help="rows to leave out: notune,opaque,fast,fused")
     args = ap.parse_args()
     args.quant = [s for s in args.quant.split(",") if s]
     args.skip = set(args.skip.split(","))

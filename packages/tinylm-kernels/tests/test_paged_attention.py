@@ -113,3 +113,24 @@ def test_serving_shapes_on_gpu(assert_close_f64):
 
 def test_triton_kernels_under_interpreter(run_triton_tests_under_interpreter):
     run_triton_tests_under_interpreter(__file__)
+
+
+@pytest.mark.parametrize("scale_type", ["fp32", "fp64"])
+def test_decode_kernel_compiles_for_hopper_whatever_the_scale_type(scale_type):
+    """Triton compiles the kernel for sm_90 without a GPU (ptxas ships with Triton). A Python float reaches
+    the kernel as fp32 from Triton but as fp64 from Inductor (a compiled decode step): the scores must stay
+    fp32 either way (fp64 broke the loop-carried types on the GPU box)."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from tinylm.kernels.paged_attention_triton import _paged_decode_kernel as fn
+
+    constexprs = {"GROUP": 2, "PAGE": 16, "BLOCK_D": 64, "BLOCK_N": 64, "SPLIT": True}
+    types = {"O": "*fp32", "M": "*fp32", "L": "*fp32", "Q": "*bf16", "K": "*bf16", "V": "*bf16"}
+    types.update(T="*i32", LEN="*i32", scale=scale_type)
+    signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in fn.arg_names}
+    src = ASTSource(fn=fn, signature=signature,
+                    constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})  # fmt: skip
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32))
+    assert "ld.global" in compiled.asm["ptx"]

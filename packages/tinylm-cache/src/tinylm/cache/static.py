@@ -1,14 +1,11 @@
 """``static``: key/value buffers preallocated to the maximum batch and length, so every decode step has
 the same shapes and can be captured as a CUDA graph (``torch.compile(mode="reduce-overhead")``).
 
-The buffers are ``(B, L, Hkv, hd)`` per layer (token-major, ``L`` rounded up to whole blocks of 16):
-``update`` writes the new keys at the current write position (a device tensor, so no host sync and no
-shape change) and returns the whole buffer as ``(B, Hkv, L, hd)``. The empty tail is masked out by
-``attention_mask`` (the hook ``Attention`` calls for caches that own their layout). A decode step (one new
-token) on a GPU attends through ``attend`` instead: the buffer is a paged pool whose block table is the
-identity, so tinylm-kernels' ``paged_decode_attention`` reads each row up to its length with no mask at
-all. ``decode_step`` runs one fixed-shape forward of a ``TinyLM`` for compilation. Design after gpt-fast's
-``KVCache`` and Hugging Face's ``StaticCache``.
+The buffers are ``(B, Hkv, max_seq_len, hd)`` per layer; ``update`` writes the new keys at the current
+write position (a device tensor, so no host sync and no shape change) and returns the whole buffer. The
+empty tail is masked out by ``attention_mask`` (the hook ``Attention`` calls for caches that own their
+layout). ``decode_step`` runs one fixed-shape forward of a ``TinyLM`` for compilation. Design after
+gpt-fast's ``KVCache`` and Hugging Face's ``StaticCache``.
 """
 
 from __future__ import annotations
@@ -18,18 +15,10 @@ from typing import Any
 import torch
 
 from tinylm.core.registry import CACHES
-from tinylm.kernels import choose
-from tinylm.kernels.paged_attention import paged_decode_attention
 
 
 class StaticCache:
-    """Fixed-size KV buffers; ``position`` is the next write index (kept on the device).
-
-    ``attention_kernel``: "auto" runs decode steps through ``paged_decode_attention`` where a kernel (not
-    the PyTorch reference) is its backend on ``device``; "always" / "never" force it on / off (tests).
-    """
-
-    BLOCK = 16
+    """Fixed-size KV buffers; ``position`` is the next write index (kept on the device)."""
 
     def __init__(
         self,
@@ -40,29 +29,17 @@ class StaticCache:
         head_dim: int,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-        attention_kernel: str = "auto",
     ) -> None:
         if batch_size < 1 or max_seq_len < 1:
             raise ValueError(f"batch_size and max_seq_len must be >= 1, got {batch_size}, {max_seq_len}")
-        if attention_kernel not in ("auto", "always", "never"):
-            raise ValueError(f"attention_kernel must be auto, always or never, got {attention_kernel!r}")
-        blocks = -(-max_seq_len // self.BLOCK)
-        capacity = blocks * self.BLOCK
-        shape = (batch_size, capacity, n_kv_heads, head_dim)
+        shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        self.key_valid = torch.zeros(batch_size, capacity, dtype=torch.bool, device=device)  # not padding
+        self.key_valid = torch.zeros(batch_size, max_seq_len, dtype=torch.bool, device=device)  # not padding
         self.position = torch.zeros(1, dtype=torch.long, device=device)
-        self.slots = torch.arange(capacity, device=device)
-        rows = torch.arange(batch_size, device=device)[:, None] * blocks
-        self.block_table = (rows + torch.arange(blocks, device=device)).to(torch.int32)  # identity pages
+        self.slots = torch.arange(max_seq_len, device=device)
         self.batch_size, self.max_seq_len = batch_size, max_seq_len
         self._len = 0
-        self._padded = False  # a padding mask was seen: the length-only kernel cannot be used
-        if attention_kernel == "auto":
-            self.use_kernel = choose("paged_decode_attention", device=torch.device(device)).name != "torch"
-        else:
-            self.use_kernel = attention_kernel == "always"
 
     def get_seq_length(self) -> int:
         return self._len
@@ -70,7 +47,6 @@ class StaticCache:
     def reset(self) -> None:
         """Empty the cache, keeping its buffers (and their addresses, for captured graphs)."""
         self._len = 0
-        self._padded = False
         self.position.zero_()
         self.key_valid.zero_()
 
@@ -92,29 +68,9 @@ class StaticCache:
                 "(build it with a larger max_seq_len)"
             )
         idx = self._write_index(t)
-        kb, vb = self.keys[layer_idx], self.values[layer_idx]
-        kb.index_copy_(1, idx, k.transpose(1, 2).to(kb.dtype))
-        vb.index_copy_(1, idx, v.transpose(1, 2).to(vb.dtype))
-        return kb.transpose(1, 2), vb.transpose(1, 2)  # (B, Hkv, L, hd) views
-
-    def attend(
-        self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, ctx: Any
-    ) -> torch.Tensor | None:
-        """A decode step without padding: store ``k``, ``v``, attend over each row's filled prefix with the
-        paged decode kernel; (B, H, 1, hd). None (the caller then masks and attends) otherwise."""
-        if q.shape[2] != 1 or self._padded or not self.use_kernel:
-            return None
-        kb, vb = self.keys[layer_idx], self.values[layer_idx]
-        self.update(layer_idx, k, v)
-        if "static_lengths" not in ctx.memo:  # every row holds position + 1 keys, the new one included
-            ctx.memo["static_lengths"] = (self.position + 1).to(torch.int32).expand(self.batch_size)
-            self.key_valid.index_fill_(1, self.position, True)  # for a later masked step
-        b, cap, hkv, hd = kb.shape
-        out = paged_decode_attention(
-            q[:, :, 0].to(kb.dtype), kb.view(b * cap, hkv, hd), vb.view(b * cap, hkv, hd),
-            self.block_table, ctx.memo["static_lengths"], self.BLOCK, scale,
-        )  # fmt: skip
-        return out.to(q.dtype)[:, :, None]
+        self.keys[layer_idx].index_copy_(2, idx, k.to(self.keys[layer_idx].dtype))
+        self.values[layer_idx].index_copy_(2, idx, v.to(self.values[layer_idx].dtype))
+        return self.keys[layer_idx], self.values[layer_idx]
 
     def attention_mask(self, layer_idx: int, ctx: Any) -> torch.Tensor:
         """``(B, 1, T, max_seq_len)``: causal over the filled slots, padding keys off, a query sees itself."""
@@ -123,8 +79,6 @@ class StaticCache:
         t = ctx.positions.shape[-1]
         idx = self._write_index(t)  # (T,) slot of each query
         if ctx.mask is not None:  # last row of the model's mask: real keys vs padding
-            # a prefill's mask, or one per row, may hide padding, which only the masked path sees
-            self._padded = self._padded or t > 1 or ctx.mask.shape[0] > 1
             real = ctx.mask[:, 0, -1, self._len : self._len + t].expand(self.batch_size, t)
         else:
             real = torch.ones(self.batch_size, t, dtype=torch.bool, device=idx.device)
@@ -140,7 +94,7 @@ class StaticCache:
 
     def mark_static_addresses(self) -> None:
         """Tell torch.compile the buffers never move, so CUDA graphs can write them in place."""
-        for t in [*self.keys, *self.values, self.key_valid, self.position, self.block_table]:
+        for t in [*self.keys, *self.values, self.key_valid, self.position]:
             torch._dynamo.mark_static_address(t)
 
 

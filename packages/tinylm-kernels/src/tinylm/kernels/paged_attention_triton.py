@@ -48,7 +48,9 @@ def _paged_decode_kernel(
     kvh = (h // GROUP).to(tl.int64)
     d = tl.arange(0, BLOCK_D)
     mask_d = d < HEAD_DIM
-    q = tl.load(Q + b * stride_qb + h * stride_qh + d, mask=mask_d, other=0.0).to(tl.float32) * scale
+    # Inductor passes a Python float as fp64 where Triton passes fp32: keep the scores fp32 either way
+    q = tl.load(Q + b * stride_qb + h * stride_qh + d, mask=mask_d, other=0.0).to(tl.float32)
+    q = q * scale.to(tl.float32)
     length = tl.load(LEN + b).to(tl.int64)
     start = split * split_len
     end = tl.minimum(start + split_len, length)
