@@ -38,33 +38,37 @@ def us_per_call(calls: list) -> float:
     return start.elapsed_time(end) / (5 * len(calls)) * 1e3
 
 
-def main() -> None:
+def measure_shape(n: int, k: int) -> str:
+    """One table row: cuBLAS bf16, the autotuned int8 launcher, the best and worst fixed tile."""
     dev, dt = "cuda", torch.bfloat16
+    x = torch.randn(1, k, device=dev, dtype=dt)
+    weights = [torch.randn(n, k, device=dev, dtype=dt) for _ in range(COPIES)]
+    qweights = [torch.randint(-127, 128, (n, k), device=dev, dtype=torch.int8) for _ in range(COPIES)]
+    scale = torch.rand(n, device=dev, dtype=dt) * 0.01
+    y = torch.empty(1, n, device=dev, dtype=dt)
+    bf16 = us_per_call([lambda w=w: F.linear(x, w) for w in weights])
+    tuned = us_per_call([lambda q=q: gemv.int8_gemv(x, q, scale) for q in qweights])
+
+    def tile_call(q: torch.Tensor, bn: int, bk: int, warps: int) -> None:
+        gemv._int8_gemv_kernel[(-(-n // bn), 1)](
+            y, x, q, scale, scale, n, k, x.stride(0), q.stride(0), y.stride(0),
+            HAS_BIAS=False, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+        )  # fmt: skip
+
+    tiles = sorted(
+        (us_per_call([lambda q=q, c=cfg: tile_call(q, *c) for q in qweights]), cfg)
+        for cfg in gemv.TUNE_CONFIGS
+    )
+    best, worst = tiles[0], tiles[-1]
+    return f"| {n} | {k} | {bf16:.2f} | {tuned:.2f} | {best[1]} | {best[0]:.2f} | {worst[0]:.2f} |"
+
+
+def main() -> None:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; us per call, weights from HBM\n")
     print("| N | K | cuBLAS bf16 | int8 autotuned | best tile (N, K, warps) | its us | worst tile us |")
     print("|---:|---:|---:|---:|---|---:|---:|")
     for n, k in SHAPES:
-        x = torch.randn(1, k, device=dev, dtype=dt)
-        weights = [torch.randn(n, k, device=dev, dtype=dt) for _ in range(COPIES)]
-        qweights = [torch.randint(-127, 128, (n, k), device=dev, dtype=torch.int8) for _ in range(COPIES)]
-        scale = torch.rand(n, device=dev, dtype=dt) * 0.01
-        y = torch.empty(1, n, device=dev, dtype=dt)
-        bf16 = us_per_call([lambda w=w: F.linear(x, w) for w in weights])
-        tuned = us_per_call([lambda q=q: gemv.int8_gemv(x, q, scale) for q in qweights])
-        tiles = []
-        for bn, bk, warps in gemv.TUNE_CONFIGS:
-
-            def call(q, bn=bn, bk=bk, warps=warps):
-                gemv._int8_gemv_kernel[(-(-n // bn), 1)](
-                    y, x, q, scale, scale, n, k, x.stride(0), q.stride(0), y.stride(0),
-                    HAS_BIAS=False, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
-                )  # fmt: skip
-
-            tiles.append((us_per_call([lambda q=q: call(q) for q in qweights]), (bn, bk, warps)))
-        tiles.sort()
-        print(
-            f"| {n} | {k} | {bf16:.2f} | {tuned:.2f} | {tiles[0][1]} | {tiles[0][0]:.2f} | {tiles[-1][0]:.2f} |"
-        )
+        print(measure_shape(n, k), flush=True)
 
 
 if __name__ == "__main__":
