@@ -1,6 +1,7 @@
 """int8 GEMV vs cuBLAS bf16 at batch 1 with the weights streamed from HBM, per tile configuration.
 
-    PYTHONPATH=$(ls -d packages/*/src | paste -sd:) python3 packages/tinylm-kernels/benchmarks/bench_int8_gemv_hbm.py
+    PYTHONPATH=$(ls -d packages/*/src | paste -sd:) \\
+        python3 packages/tinylm-kernels/benchmarks/bench_int8_gemv_hbm.py
 
 A decode step reads every weight once, from HBM; a microbenchmark that calls one layer in a loop reads it
 from L2 (50 MB on an H100) and flatters whichever kernel has the most latency to hide. Here each shape
