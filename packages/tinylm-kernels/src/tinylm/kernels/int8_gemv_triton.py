@@ -31,14 +31,11 @@ from tinylm.kernels.triton_support import (
 
 GEMV_MAX_ROWS = 16
 BLOCK_N, BLOCK_K = 16, 256  # the interpreter's (and the untuned) tile
-# On a GPU the tile is autotuned per (N, K): a batch-1 GEMV needs enough bytes in flight to stream the
-# weight from HBM at full bandwidth, and which tile gets there depends on the layer's shape. The wide-K
-# tiles read a whole row in one or two loads: with a few loop trips each waiting ~1 us on HBM, a GEMV
-# that is fast when its weight sits in L2 is latency-bound in a real decode step.
-TUNE_CONFIGS = (
-    (4, 512, 4), (8, 256, 4), (16, 256, 4), (32, 128, 4), (16, 512, 8), (64, 128, 8),
-    (4, 1024, 4), (8, 1024, 4), (16, 1024, 8), (2, 2048, 4), (4, 2048, 8), (8, 2048, 8),
-)  # fmt: skip
+# On a GPU the tile is autotuned per (N, K) among the tiles that won with the weights streamed from HBM
+# (benchmarks/bench_int8_gemv_hbm.py on an H100, BENCHMARKS 5): a few rows per program and a wide K slice
+# keep enough bytes in flight. The other tiles tried there were up to 6x slower, so they are not offered:
+# whichever tile a tuner picks (Triton's, or Inductor's around a compiled graph) is one of these.
+TUNE_CONFIGS = ((4, 512, 4), (4, 1024, 4), (4, 2048, 8))
 
 
 @triton.jit
