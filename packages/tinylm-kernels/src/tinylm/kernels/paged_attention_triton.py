@@ -50,7 +50,7 @@ def _paged_decode_kernel(
     mask_d = d < HEAD_DIM
     # Inductor passes a Python float as fp64 where Triton passes fp32: keep the scores fp32 either way
     q = tl.load(Q + b * stride_qb + h * stride_qh + d, mask=mask_d, other=0.0).to(tl.float32)
-    q = q * scale.to(tl.float32)
+    q = (q * scale).to(tl.float32)  # (a float in the interpreter: no .to on the scale itself)
     length = tl.load(LEN + b).to(tl.int64)
     start = split * split_len
     end = tl.minimum(start + split_len, length)
