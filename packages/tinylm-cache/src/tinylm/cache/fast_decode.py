@@ -2,7 +2,7 @@
 
 ``compile_greedy_step()`` returns ``step(model, cache, tokens) -> next tokens`` for a ``StaticCache``,
 compiled with ``torch.compile`` (CUDA graphs on a GPU) around ``greedy_step``. What it does beyond
-``torch.compile(decode_step, mode="reduce-overhead")``, each measured in ``benchmarks/gpu_bench.py``:
+``torch.compile(decode_step, mode="reduce-overhead")``, each measured in ``benchmarks/decode_speed.py``:
 
 - the argmax runs inside the graph and the positions are read from the cache's device counter, so a token
   costs one graph replay plus the counter's increment, not extra eager launches;
