@@ -1,15 +1,19 @@
 """int8 GEMV vs cuBLAS bf16 at batch 1 with the weights streamed from HBM, per tile configuration.
 
     PYTHONPATH=$(ls -d packages/*/src | paste -sd:) \\
-        python3 packages/tinylm-kernels/benchmarks/bench_int8_gemv_hbm.py
+        python3 packages/tinylm-kernels/benchmarks/bench_int8_gemv_hbm.py --json out.json
 
 A decode step reads every weight once, from HBM; a microbenchmark that calls one layer in a loop reads it
 from L2 (50 MB on an H100) and flatters whichever kernel has the most latency to hide. Here each shape
 gets 40 distinct weight copies cycled inside one CUDA graph (no launch overhead, nothing left in L2), and
-every tile of ``TUNE_CONFIGS`` is timed as well as the autotuned launcher. Prints a markdown table (us/call).
+every tile of ``TUNE_CONFIGS`` is timed as well as the autotuned launcher. Prints a markdown table (us/call)
+and writes ``{"device", "rows"}`` to ``--json`` (the protocol of ``apps/bench.py mode=kernels``).
 """
 
 from __future__ import annotations
+
+import argparse
+import json
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +43,8 @@ def us_per_call(calls: list) -> float:
     return start.elapsed_time(end) / (5 * len(calls)) * 1e3
 
 
-def measure_shape(n: int, k: int) -> str:
-    """One table row: cuBLAS bf16, the autotuned int8 launcher, the best and worst fixed tile."""
+def measure_shape(n: int, k: int) -> dict:
+    """One row: cuBLAS bf16, the autotuned int8 launcher, the best and worst fixed tile (us per call)."""
     dev, dt = "cuda", torch.bfloat16
     x = torch.randn(1, k, device=dev, dtype=dt)
     weights = [torch.randn(n, k, device=dev, dtype=dt) for _ in range(COPIES)]
@@ -60,16 +64,28 @@ def measure_shape(n: int, k: int) -> str:
         (us_per_call([lambda q=q, c=cfg: tile_call(q, *c) for q in qweights]), cfg)
         for cfg in gemv.TUNE_CONFIGS
     )
-    best, worst = tiles[0], tiles[-1]
-    return f"| {n} | {k} | {bf16:.2f} | {tuned:.2f} | {best[1]} | {best[0]:.2f} | {worst[0]:.2f} |"
+    (best_us, best), (worst_us, _) = tiles[0], tiles[-1]
+    return {"n": n, "k": k, "cublas_bf16_us": bf16, "int8_autotuned_us": tuned, "best_tile": list(best),
+            "best_tile_us": best_us, "worst_tile_us": worst_us}  # fmt: skip
 
 
 def main() -> None:
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; us per call, weights from HBM\n")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default="bench_int8_gemv_hbm.json", help="where to write the results")
+    args = parser.parse_args()
+    device = torch.cuda.get_device_name()
+    print(f"{device}, torch {torch.__version__}; us per call, weights from HBM\n")
     print("| N | K | cuBLAS bf16 | int8 autotuned | best tile (N, K, warps) | its us | worst tile us |")
     print("|---:|---:|---:|---:|---|---:|---:|")
+    rows = []
     for n, k in SHAPES:
-        print(measure_shape(n, k), flush=True)
+        r = measure_shape(n, k)
+        rows.append(r)
+        cells = [n, k, f"{r['cublas_bf16_us']:.2f}", f"{r['int8_autotuned_us']:.2f}", tuple(r["best_tile"]),
+                 f"{r['best_tile_us']:.2f}", f"{r['worst_tile_us']:.2f}"]  # fmt: skip
+        print("| " + " | ".join(map(str, cells)) + " |", flush=True)
+    with open(args.json, "w") as fh:
+        json.dump({"device": device, "torch": torch.__version__, "rows": rows}, fh, indent=1)
 
 
 if __name__ == "__main__":
