@@ -36,6 +36,20 @@ from tinylm.core.bench.timing import measure
 from tinylm.core.fusion import fuse_projections
 
 
+def kernel_profile(run, steps: int = 32, top: int = 25) -> str:
+    """torch.profiler over ``steps`` decode steps: GPU time per step and the top kernels by GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run(steps + 2)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    averages = prof.key_averages()
+    total_us = sum(e.self_device_time_total for e in averages)
+    table = averages.table(sort_by="self_device_time_total", row_limit=top, max_name_column_width=80)
+    return f"GPU time {total_us / (steps + 1):.0f} us per step (prefill spread over the steps)\n{table}"
+
+
 def rate(run, batch: int, n: int, repeats: int) -> dict:
     full = measure(lambda: run(n), 1, repeats, "cuda").median
     two = measure(lambda: run(2), 1, repeats, "cuda").median
@@ -115,6 +129,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quant", default="", help="comma-separated tinylm-quant schemes (110M, batch 1)")
     ap.add_argument("--skip", default="", help="rows to leave out: notune,opaque,fast,fused")
+    ap.add_argument("--profile", default="", help="kernel table for rows whose label contains this text")
     args = ap.parse_args()
     args.quant = [s for s in args.quant.split(",") if s]
     args.skip = set(args.skip.split(","))
@@ -142,6 +157,8 @@ def main() -> None:
                     row["compile_s"] = time.perf_counter() - t0
                     row["agreement_vs_eager_static"] = (toks == ref).float().mean().item()
                     row.update(rate(run, batch, args.new_tokens, args.repeats))
+                    if args.profile and args.profile in label:
+                        print(f"\n### kernels of {name} b{batch} {label}\n{kernel_profile(run)}", flush=True)
             except Exception as e:  # one failing row must not lose the others
                 traceback.print_exc()
                 row["error"] = repr(e)[:300]
