@@ -25,29 +25,14 @@ import traceback
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_bench import MODELS, build
 from plain_decode_loop import PlainLlamaDecoder, decode_one
 
 from tinylm.cache.fast_decode import compile_greedy_step, fast_greedy_generate
 from tinylm.cache.static import StaticCache, decode_step, model_cache_shape, static_greedy_generate
+from tinylm.core.bench.profiling import profiled
 from tinylm.core.bench.timing import measure
 from tinylm.core.fusion import fuse_projections
-
-
-def kernel_profile(run, steps: int = 32, top: int = 25) -> str:
-    """torch.profiler over ``steps`` decode steps: GPU time per step and the top kernels by GPU time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        run(steps + 2)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-    averages = prof.key_averages()
-    total_us = sum(e.self_device_time_total for e in averages)
-    table = averages.table(sort_by="self_device_time_total", row_limit=top, max_name_column_width=80)
-    return f"GPU time {total_us / (steps + 1):.0f} us per step (prefill spread over the steps)\n{table}"
 
 
 def rate(run, batch: int, n: int, repeats: int) -> dict:
@@ -157,8 +142,11 @@ def main() -> None:
                     row["compile_s"] = time.perf_counter() - t0
                     row["agreement_vs_eager_static"] = (toks == ref).float().mean().item()
                     row.update(rate(run, batch, args.new_tokens, args.repeats))
-                    if args.profile and args.profile in label:
-                        print(f"\n### kernels of {name} b{batch} {label}\n{kernel_profile(run)}", flush=True)
+                    if args.profile and args.profile in label:  # trace + top-kernels table into --out
+                        tag = f"{name}_b{batch}_{label}".replace(" ", "_").replace(",", "")
+                        with profiled(True, dev, out_dir, tag, row_limit=25):
+                            run(34)
+                            torch.cuda.synchronize()
             except Exception as e:  # one failing row must not lose the others
                 traceback.print_exc()
                 row["error"] = repr(e)[:300]

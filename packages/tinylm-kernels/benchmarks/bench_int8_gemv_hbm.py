@@ -6,8 +6,9 @@
 A decode step reads every weight once, from HBM; a microbenchmark that calls one layer in a loop reads it
 from L2 (50 MB on an H100) and flatters whichever kernel has the most latency to hide. Here each shape
 gets 40 distinct weight copies cycled inside one CUDA graph (no launch overhead, nothing left in L2), and
-every tile of ``TUNE_CONFIGS`` is timed as well as the autotuned launcher. Prints a markdown table (us/call)
-and writes ``{"device", "rows"}`` to ``--json`` (the protocol of ``apps/bench.py mode=kernels``).
+every tile of ``TUNE_CONFIGS`` is timed as well as the autotuned launcher. (``bench_rms_norm.bench`` flushes
+L2 instead, but times one replay of one call: for a ~3 us kernel the graph launch would dominate.) Prints
+a markdown table (us/call) and writes ``{"device", "rows"}`` to ``--json`` (``apps/bench.py mode=kernels``).
 """
 
 from __future__ import annotations

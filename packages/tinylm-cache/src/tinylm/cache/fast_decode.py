@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from tinylm.cache.static import StaticCache, decode_step
+from tinylm.cache.static import StaticCache, decode_step, model_cache_shape
+from tinylm.core.fusion import fuse_projections
 from tinylm.kernels import preferring
 
 FUSABLE = {"rms_norm": "torch", "rope": "torch", "swiglu": "torch"}
@@ -53,6 +54,8 @@ def compile_greedy_step(
     choices = FUSABLE if inductor_kernels else {}
 
     def step(model: Any, cache: StaticCache, tokens: torch.Tensor) -> torch.Tensor:
+        # every call, not only the first: the compiled code guards on the preference, so a call without it
+        # would recompile with the other kernels
         with preferring(choices):
             return compiled(model, cache, tokens).clone()
 
@@ -94,9 +97,6 @@ def fast_greedy(model: Any, input_ids: torch.Tensor, max_new_tokens: int) -> Ite
     """The whole recipe in one call: fuse the projections (unless the model is quantized, which keeps them
     apart), a static cache for ``input_ids`` ``(B, P)`` + ``max_new_tokens``, the compiled step on a GPU
     (the eager ``greedy_step`` elsewhere); yields each new token ``(B,)`` like ``fast_greedy_stream``."""
-    from tinylm.cache.static import model_cache_shape
-    from tinylm.core.fusion import fuse_projections
-
     try:
         fuse_projections(model)
     except TypeError:
