@@ -40,18 +40,21 @@ def compile_greedy_step(
     inductor_kernels: bool = True,
     tune: bool = True,
     backend: str = "inductor",
+    prefer: dict[str, str] | None = None,
 ) -> Any:
     """``greedy_step`` compiled once for fixed shapes (CUDA graphs on a GPU); call it like ``greedy_step``.
 
     The returned tokens are a copy, so they survive the next replay of the graph. ``backend``: another
     ``torch.compile`` backend (tests use ``aot_eager``); the Inductor options apply to Inductor only.
+    ``prefer``: kernel backends by op (``tinylm.kernels.preferring``) over the ``inductor_kernels`` choice,
+    e.g. ``{"int8_linear": "triton"}`` for the hand-written int8 GEMV.
     """
     cuda = torch.device(device).type == "cuda"
     options = (
         {"triton.cudagraphs": cuda, "coordinate_descent_tuning": tune} if backend == "inductor" else None
     )
     compiled = torch.compile(greedy_step, backend=backend, fullgraph=True, dynamic=False, options=options)
-    choices = FUSABLE if inductor_kernels else {}
+    choices = {**(FUSABLE if inductor_kernels else {}), **(prefer or {})}
 
     def step(model: Any, cache: StaticCache, tokens: torch.Tensor) -> torch.Tensor:
         # every call, not only the first: the compiled code guards on the preference, so a call without it

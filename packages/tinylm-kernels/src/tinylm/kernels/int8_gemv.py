@@ -3,8 +3,11 @@
 Weight-only int8 halves the bytes a batch-1 decode step reads (it is memory-bound: every weight is read
 once per token), so it can beat bf16 only if the dequantization is fused into the matrix-vector product.
 This module holds the public ``int8_linear`` and the plain-PyTorch reference (the ``torch`` backend, the
-fallback and the test oracle: ``F.linear(x, W_q.to(x.dtype)) * scale``, gpt-fast's formulation, which
-``torch.compile`` fuses); ``int8_gemv_triton.py`` holds a fused GEMV kernel for few rows.
+fallback and the test oracle: ``F.linear(x, W_q.to(x.dtype)) * scale``, gpt-fast's formulation). While
+being compiled, for at most 8 rows, the ``torch`` backend writes the product as an elementwise product and
+a sum over ``K`` instead, which Inductor generates as one reduction kernel that reads the weight as int8
+(the dequantization fused into its loads) and fuses with its neighbours; ``int8_gemv_triton.py`` holds a
+hand-written fused GEMV kernel for few rows.
 Registered op: ``int8_linear`` (import ``tinylm.kernels.int8_gemv_triton`` to add the Triton backend).
 """
 
@@ -21,6 +24,9 @@ def int8_linear_reference(
     x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``F.linear(x, weight.to(x.dtype)) * scale (+ bias)``; ``x`` (..., K), ``weight`` int8 (N, K)."""
+    if torch.compiler.is_compiling() and x.numel() // x.shape[-1] <= 8:
+        y = (x.unsqueeze(-2).float() * weight.float()).sum(-1) * scale.float()
+        return (y + bias.float() if bias is not None else y).to(x.dtype)
     y = F.linear(x, weight.to(x.dtype)) * scale.to(x.dtype)
     return y + bias if bias is not None else y
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tinylm.kernels import choose
+from tinylm.kernels.registry import dispatch
 from tinylm.kernels import int8_gemv_triton as _int8_gemv_triton  # noqa: F401  (registers the backend)
 from tinylm.kernels.int8_gemv import check_int8_linear_inputs
 
@@ -28,11 +28,11 @@ class Int8GemvLinear(nn.Module):
         self.register_buffer("scale", scale.reshape(-1).contiguous())
         self.bias = nn.Parameter(bias.detach(), requires_grad=False) if bias is not None else None
         check_int8_linear_inputs(torch.empty(0, self.in_features), self.qweight, self.scale, self.bias)
-        # backend chosen once (registry: env var / best available), so forward stays compile-friendly
-        self._int8_linear = choose("int8_linear", device=qweight.device).fn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._int8_linear(x, self.qweight, self.scale.to(x.dtype), self.bias)
+        # chosen per call (env var, ``preferring``, best available): compiled code guards on the choice
+        fn = dispatch("int8_linear", None, x.device)
+        return fn(x, self.qweight, self.scale.to(x.dtype), self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight, fused GEMV"
