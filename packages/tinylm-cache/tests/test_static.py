@@ -59,3 +59,40 @@ def test_fast_greedy_decoder_on_a_fused_model_matches_recomputation() -> None:
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref)
         assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref)  # cache reused
+
+
+def test_decode_kernel_serves_unpadded_decode_steps_and_padded_ones_fall_back(monkeypatch) -> None:
+    import tinylm.cache.static as static
+
+    calls = []
+    real = static.decode_attention
+    monkeypatch.setattr(static, "decode_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = tiny_model()
+    c = model.config
+    prompt = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(6))
+    ref = generate(model, prompt, 7, temperature=0.0, use_cache=False)
+    cache = StaticCache(2, 12, c.n_layers, c.n_kv_heads, c.head_dim, dtype=torch.float64, decode_kernel=True)
+    assert torch.equal(static_greedy_generate(model, prompt, 7, cache=cache), ref)
+    assert len(calls) == 6 * c.n_layers  # every decode step of every layer, not the prefill
+    calls.clear()
+    mask = torch.ones_like(prompt)
+    mask[0, :2] = 0  # row 0 left-padded: its decode steps need the mask
+    ref = generate(model, prompt, 7, temperature=0.0, use_cache=False, attention_mask=mask)
+    cache.reset()
+    got = generate(model, prompt, 7, temperature=0.0, attention_mask=mask, cache=cache)
+    assert torch.equal(got, ref) and not calls
+
+
+def test_compiled_fast_decoder_with_the_decode_kernel_matches_recomputation() -> None:
+    from tinylm.cache.fast_decode import compile_greedy_step, fast_greedy_generate
+
+    model = tiny_model().float()
+    prompt = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(7))
+    ref = generate(model, prompt, 10, temperature=0.0, use_cache=False)
+    c = model.config
+    cache = StaticCache(2, 14, c.n_layers, c.n_kv_heads, c.head_dim, decode_kernel=True)
+    torch._dynamo.reset()
+    step = compile_greedy_step("cpu", backend="aot_eager")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref)
+        assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref)
