@@ -8,8 +8,8 @@ Rows per workload (bf16, greedy, prompt 16, --new-tokens new tokens; decode tok/
 (t(N) - t(2)), prefill excluded; CUDA events, median of --repeats after a warm-up):
 ``static+compile`` (decode_step under ``mode="reduce-overhead"``, the previous best), ``fast`` (the whole
 step with argmax in one graph, Inductor-visible kernels, coordinate-descent tuning), ``fast+fused``
-(q/k/v and gate/up fused), ``+decode kernel`` (the static cache's decode steps through
-tinylm-kernels' ``decode_attention``, ``StaticCache(decode_kernel=True)``), two ablations, and
+(q/k/v and gate/up fused), ``+reduction linears`` (tinylm.core.reduction_linear: the matrix-vector
+products as reductions Inductor generates and fuses, instead of cuBLAS calls), two ablations, and
 ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
 ``--quant``: the fused fast decoder on the model quantized with each scheme (tinylm-quant), against the
 bf16 fused fast row. Every row's tokens are checked against the eager static decoder of the same model.
@@ -35,6 +35,7 @@ from tinylm.cache.static import StaticCache, decode_step, model_cache_shape, sta
 from tinylm.core.bench.profiling import profiled
 from tinylm.core.bench.timing import measure
 from tinylm.core.fusion import fuse_projections
+from tinylm.core.reduction_linear import reduction_linears
 
 
 def rate(run, batch: int, n: int, repeats: int) -> dict:
@@ -50,30 +51,31 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
     shape = model_cache_shape(model.config)
     dev, dt = ids.device, next(model.parameters()).dtype
 
-    def static_cache(decode_kernel=False):
-        c = StaticCache(b, p + args.new_tokens, device=dev, dtype=dt, decode_kernel=decode_kernel, **shape)
+    def static_cache():
+        c = StaticCache(b, p + args.new_tokens, device=dev, dtype=dt, **shape)
         c.mark_static_addresses()
         return c
 
     out = []
-    if "previous" not in args.skip:
-        cache0 = static_cache()
-        old = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
-        out.append(
-            ("static+compile (previous)", lambda n: static_greedy_generate(model, ids, n, old, cache0))
-        )
+    cache0 = static_cache()
+    old = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+    out.append(("static+compile (previous)", lambda n: static_greedy_generate(model, ids, n, old, cache0)))
     fused = copy.deepcopy(model)
     fuse_projections(fused)
+    reduced, fused_reduced = copy.deepcopy(model), copy.deepcopy(fused)
+    reduction_linears(reduced, args.reduce_rows)
+    reduction_linears(fused_reduced, args.reduce_rows)
     for key, label, m, kw in [
         ("notune", "fast, no tuning", model, {"tune": False}),
         ("opaque", "fast, our norm/rope/swiglu kernels (opaque)", model, {"inductor_kernels": False}),
         ("fast", "fast", model, {}),
         ("fused", "fast+fused", fused, {}),
-        ("kernel", "fast+fused+decode kernel", fused, {}),
+        ("reduce", "fast+reduction linears", reduced, {}),
+        ("fused_reduce", "fast+fused+reduction linears", fused_reduced, {}),
     ]:
         if key in args.skip:
             continue
-        cache, step = static_cache(key == "kernel"), compile_greedy_step("cuda", **kw)
+        cache, step = static_cache(), compile_greedy_step("cuda", **kw)
         out.append((label, lambda n, m=m, c=cache, s=step: fast_greedy_generate(m, ids, n, s, c)))
     dec = PlainLlamaDecoder(model, b, p + args.new_tokens)
     plain = torch.compile(decode_one, mode="reduce-overhead", fullgraph=True)
@@ -97,23 +99,23 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
 
     b, p = ids.shape
     out = []
-    # (scheme, reduction form): the int8 GEMV scheme runs twice, with the hand-written Triton kernel and
-    # with int8_linear's torch backend (compiled: a reduction over int8 loads that Inductor generates)
+    # (scheme, reduction form): bf16 plain and as reduction linears; the int8 GEMV scheme with the
+    # hand-written Triton kernel and with int8_linear's torch backend (a reduction Inductor generates)
     jobs = [(s, False) for s in ["none", *args.quant]]
-    jobs += [(s, True) for s in args.quant if s == "int8_weight_only_gemv"]
-    jobs = [j for j in jobs if f"{j[0]}{'+reduction' if j[1] else ''}" not in args.skip]
+    jobs += [(s, True) for s in ["none", *args.quant] if s in ("none", "int8_weight_only_gemv")]
     for scheme, reduce in jobs:
         m = copy.deepcopy(model)
         fuse_projections(m)
         if scheme != "none":
             quantize(m, scheme)
+        if reduce and scheme == "none":
+            reduction_linears(m, args.reduce_rows)
         c = StaticCache(b, p + args.new_tokens, device=ids.device, dtype=torch.bfloat16,
-                        decode_kernel=args.decode_kernel, **model_cache_shape(model.config))  # fmt: skip
+                        **model_cache_shape(model.config))  # fmt: skip
         c.mark_static_addresses()
         prefer = {"int8_linear": "torch" if reduce else "triton"} if scheme == "int8_weight_only_gemv" else {}
         step = compile_greedy_step("cuda", prefer=prefer)
         label = f"fast+fused {'bf16' if scheme == 'none' else scheme}{' reduction' if reduce else ''}"
-        label += " +decode kernel" if args.decode_kernel else ""
         out.append((label, lambda n, m=m, c=c, s=step: fast_greedy_generate(m, ids, n, s, c)))
     return out
 
@@ -126,12 +128,8 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quant", default="", help="comma-separated tinylm-quant schemes (110M, batch 1)")
-    ap.add_argument(
-        "--skip",
-        default="",
-        help="rows to leave out: previous,notune,opaque,fast,fused,kernel",
-    )
-    ap.add_argument("--decode-kernel", action="store_true", help="--quant rows on the decode kernel")
+    ap.add_argument("--skip", default="", help="rows to leave out: notune,opaque,fast,fused,reduce,fused_reduce")
+    ap.add_argument("--reduce-rows", type=int, default=8, help="reduction linears up to this many rows")
     ap.add_argument("--profile", default="", help="kernel table for rows whose label contains this text")
     args = ap.parse_args()
     args.quant = [s for s in args.quant.split(",") if s]
@@ -161,7 +159,7 @@ def main() -> None:
                     row["agreement_vs_eager_static"] = (toks == ref).float().mean().item()
                     row.update(rate(run, batch, args.new_tokens, args.repeats))
                     if args.profile and args.profile in label:  # trace + top-kernels table into --out
-                        tag = f"{name}_b{batch}_{label}".replace(" ", "_").replace(",", "").replace("+", "_")
+                        tag = f"{name}_b{batch}_{label}".replace(" ", "_").replace(",", "")
                         with profiled(True, dev, out_dir, tag, row_limit=25):
                             run(34)
                             torch.cuda.synchronize()

@@ -18,14 +18,6 @@ class TestStatic(CacheConformance):
     name = "static"
 
 
-class TestStaticDecodeKernel(CacheConformance):
-    """Decode steps through ``decode_attention`` (its PyTorch backend here; Triton on CUDA and in the
-    kernels' interpreter run); padded prompts fall back to the mask."""
-
-    name = "static"
-    cache_kwargs: ClassVar[dict[str, Any]] = {"decode_kernel": True}
-
-
 class TestPaged(CacheConformance):
     name = "paged"
 

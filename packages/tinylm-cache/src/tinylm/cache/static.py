@@ -4,11 +4,8 @@ the same shapes and can be captured as a CUDA graph (``torch.compile(mode="reduc
 The buffers are ``(B, Hkv, max_seq_len, hd)`` per layer; ``update`` writes the new keys at the current
 write position (a device tensor, so no host sync and no shape change) and returns the whole buffer. The
 empty tail is masked out by ``attention_mask`` (the hook ``Attention`` calls for caches that own their
-layout). ``decode_step`` runs one fixed-shape forward of a ``TinyLM`` for compilation. With
-``decode_kernel=True`` a decode step (one new token per row) attends through tinylm-kernels'
-``decode_attention`` instead (the Triton decode kernel on a GPU: one launch per layer, no mask), unless
-the prefill had padding (its rows then differ in which slots are real). Design after gpt-fast's
-``KVCache`` and Hugging Face's ``StaticCache``.
+layout). ``decode_step`` runs one fixed-shape forward of a ``TinyLM`` for compilation. Design after
+gpt-fast's ``KVCache`` and Hugging Face's ``StaticCache``.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ from typing import Any
 import torch
 
 from tinylm.core.registry import CACHES
-from tinylm.kernels import decode_attention
 
 
 class StaticCache:
@@ -33,7 +29,6 @@ class StaticCache:
         head_dim: int,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-        decode_kernel: bool = False,
     ) -> None:
         if batch_size < 1 or max_seq_len < 1:
             raise ValueError(f"batch_size and max_seq_len must be >= 1, got {batch_size}, {max_seq_len}")
@@ -44,9 +39,7 @@ class StaticCache:
         self.position = torch.zeros(1, dtype=torch.long, device=device)
         self.slots = torch.arange(max_seq_len, device=device)
         self.batch_size, self.max_seq_len = batch_size, max_seq_len
-        self.decode_kernel = decode_kernel
         self._len = 0
-        self._padded = False  # a prefill came with a padding mask: decode steps then need the mask too
 
     def get_seq_length(self) -> int:
         return self._len
@@ -54,7 +47,6 @@ class StaticCache:
     def reset(self) -> None:
         """Empty the cache, keeping its buffers (and their addresses, for captured graphs)."""
         self._len = 0
-        self._padded = False
         self.position.zero_()
         self.key_valid.zero_()
 
@@ -80,21 +72,6 @@ class StaticCache:
         self.values[layer_idx].index_copy_(2, idx, v.to(self.values[layer_idx].dtype))
         return self.keys[layer_idx], self.values[layer_idx]
 
-    def attend(
-        self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, ctx: Any
-    ) -> torch.Tensor | None:
-        """With ``decode_kernel``, a decode step: store ``k``, ``v`` and return ``decode_attention`` over
-        the filled slots, ``(B, H, 1, hd)``. None otherwise (the caller then calls ``update`` and attends
-        with ``attention_mask``)."""
-        if not self.decode_kernel or q.shape[2] != 1 or self._padded:
-            return None
-        keys, values = self.update(layer_idx, k, v)
-        if "static_lengths" not in ctx.memo:  # once per step: every row holds position + 1 keys
-            idx = self._write_index(1)
-            self.key_valid.index_fill_(1, idx, True)  # as attention_mask would, for later masked steps
-            ctx.memo["static_lengths"] = (self.position + 1).to(torch.int32).expand(self.batch_size)
-        return decode_attention(q[:, :, 0], keys, values, ctx.memo["static_lengths"], scale)[:, :, None]
-
     def attention_mask(self, layer_idx: int, ctx: Any) -> torch.Tensor:
         """``(B, 1, T, max_seq_len)``: causal over the filled slots, padding keys off, a query sees itself."""
         if "static_mask" in ctx.memo:
@@ -102,7 +79,6 @@ class StaticCache:
         t = ctx.positions.shape[-1]
         idx = self._write_index(t)  # (T,) slot of each query
         if ctx.mask is not None:  # last row of the model's mask: real keys vs padding
-            self._padded = True
             real = ctx.mask[:, 0, -1, self._len : self._len + t].expand(self.batch_size, t)
         else:
             real = torch.ones(self.batch_size, t, dtype=torch.bool, device=idx.device)
@@ -178,15 +154,8 @@ def model_cache_shape(config: Any) -> dict[str, int]:
 
 @CACHES.register("static")
 def static_cache(
-    config: Any,
-    batch_size: int,
-    max_seq_len: int,
-    device: Any = "cpu",
-    dtype: Any = torch.float32,
-    decode_kernel: bool = False,
-    **_: Any,
+    config: Any, batch_size: int, max_seq_len: int, device: Any = "cpu", dtype: Any = torch.float32, **_: Any
 ) -> StaticCache:
     """Factory for ``CACHES``: buffers for ``batch_size`` rows of ``max_seq_len`` positions."""
     shape = model_cache_shape(config)
-    return StaticCache(batch_size=batch_size, max_seq_len=max_seq_len, device=device, dtype=dtype,
-                       decode_kernel=decode_kernel, **shape)  # fmt: skip
+    return StaticCache(batch_size=batch_size, max_seq_len=max_seq_len, device=device, dtype=dtype, **shape)

@@ -6,7 +6,6 @@ Triton modules import without Triton and then register backends that report them
 """
 
 from tinylm.kernels.cross_entropy import fused_linear_cross_entropy, fused_linear_cross_entropy_reference
-from tinylm.kernels.decode_attention import decode_attention
 from tinylm.kernels.registry import (
     BACKEND_PRIORITY,
     ENV_VAR,
@@ -27,7 +26,6 @@ from tinylm.kernels.swiglu import swiglu, swiglu_reference
 # without Triton, a GPU, nvcc or ninja. The CUDA extension is built on first use.
 from tinylm.kernels import (  # noqa: F401
     cross_entropy_triton,
-    decode_attention_triton,
     int8_gemv_triton,
     rms_norm_cuda,
     rms_norm_triton,
@@ -42,7 +40,6 @@ __all__ = [
     "apply_rope_reference",
     "backends",
     "choose",
-    "decode_attention",
     "dispatch",
     "fused_linear_cross_entropy",
     "fused_linear_cross_entropy_reference",

@@ -120,39 +120,19 @@ def paged_decode(
     n_splits: int | None = None,
 ) -> torch.Tensor:
     """Launch the kernel(s); ``n_splits`` None picks it from the grid size and the table's width."""
-    k_pool, v_pool = k_pool.contiguous(), v_pool.contiguous()
-    return launch_decode(
-        q, k_pool, v_pool, block_table.contiguous(), lengths, block_size, k_pool.stride(0), k_pool.stride(1),
-        block_table.shape[1] * block_size, scale, n_splits,
-    )  # fmt: skip
-
-
-def launch_decode(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    table: torch.Tensor,
-    lengths: torch.Tensor,
-    page: int,
-    stride_slot: int,
-    stride_head: int,
-    max_positions: int,
-    scale: float,
-    n_splits: int | None = None,
-) -> torch.Tensor:
-    """The kernel(s) over any layout where position ``j`` of row ``b``, kv head ``g`` starts at
-    ``(table[b, j // page] * page + j % page) * stride_slot + g * stride_head`` (head dim contiguous)."""
     b, h, hd = q.shape
-    hkv = k.shape[1]
+    hkv = k_pool.shape[1]
+    max_positions = block_table.shape[1] * block_size
     splits = choose_splits(b, h, max_positions) if n_splits is None else max(1, int(n_splits))
     split_len = -(-max_positions // splits)
-    q, lengths = q.contiguous(), lengths.contiguous()
+    q, k_pool, v_pool = q.contiguous(), k_pool.contiguous(), v_pool.contiguous()
+    block_table, lengths = block_table.contiguous(), lengths.contiguous()
     out = torch.empty_like(q)
     block_d = next_power_of_2(hd)
     block_n = max(16, min(64, 8192 // block_d))
-    common = (q, k, v, table, lengths, scale, split_len, q.stride(0), q.stride(1),
-              stride_slot, stride_head, table.stride(0))  # fmt: skip
-    meta = dict(GROUP=h // hkv, PAGE=page, BLOCK_D=block_d, BLOCK_N=block_n)
+    common = (q, k_pool, v_pool, block_table, lengths, scale, split_len, q.stride(0), q.stride(1),
+              k_pool.stride(0), k_pool.stride(1), block_table.stride(0))  # fmt: skip
+    meta = dict(GROUP=h // hkv, PAGE=block_size, BLOCK_D=block_d, BLOCK_N=block_n)
     if b == 0:
         return out
     if splits == 1:
