@@ -7,7 +7,8 @@ For each preset (``large`` ~110M, ``xl`` ~340M, 16K vocab), strategy (``ddp``, `
 (1, 2, 4, 8 up to the GPUs present), this script launches ``torchrun --nproc-per-node N`` on itself
 (``--worker``). Every run trains the same model from the same seed on the same global batch of
 ``micro_batch * lcm(Ns) * seq_len`` tokens per step (each rank a micro-batch of ``micro_batch`` sequences,
-``lcm(Ns) / N`` accumulation steps), so the per-GPU work per micro-batch is constant (weak scaling) and the
+``lcm(Ns) / N`` accumulation steps; ``--micro-batches M`` puts ``M`` in place of ``lcm(Ns)``), so the
+per-GPU work per micro-batch is constant (weak scaling) and the
 loss after a fixed number of tokens should agree across N. Steps go through the real ``Trainer.train_step``
 (exact accumulation, ``no_sync`` / ``set_requires_gradient_sync``, clipping, AdamW), bf16 autocast (FSDP2:
 bf16 ``MixedPrecisionPolicy`` with fp32 reduction), timed with CUDA events after warm-up steps; the median
@@ -59,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: Gloo smoke test")
     p.add_argument("--timeout", type=int, default=150, help="seconds per torchrun launch")
+    p.add_argument("--micro-batches", type=int, default=0,
+                   help="micro-batches per optimizer step over all GPUs (a multiple of every GPU count; "
+                   "default: their lcm). More amortizes the per-step optimizer and all-reduce")  # fmt: skip
     p.add_argument("--launches", type=int, default=1, help="launches per run, in rounds (median kept)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--preset", help=argparse.SUPPRESS)
@@ -295,7 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     if available == 0:
         raise SystemExit("no CUDA device: run with --device cpu for a smoke test")
     counts = gpu_counts(args.gpus, available)
-    lcm = math.lcm(*counts)
+    lcm = args.micro_batches or math.lcm(*counts)
+    if any(lcm % n for n in counts):
+        raise SystemExit(f"--micro-batches {lcm} must be a multiple of every GPU count {counts}")
     runs = [(p, s, n) for p in args.presets.split(",") for s in args.strategies.split(",") for n in counts]
     print(f"{len(runs)} runs, GPU counts {counts}, global batch {args.micro_batch * lcm} x {args.seq_len}")
     rows = []
