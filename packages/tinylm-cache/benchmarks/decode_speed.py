@@ -8,9 +8,7 @@ Rows per workload (bf16, greedy, prompt 16, --new-tokens new tokens; decode tok/
 (t(N) - t(2)), prefill excluded; CUDA events, median of --repeats after a warm-up):
 ``static+compile`` (decode_step under ``mode="reduce-overhead"``, the previous best), ``fast`` (the whole
 step with argmax in one graph, Inductor-visible kernels, coordinate-descent tuning), ``fast+fused``
-(q/k/v and gate/up fused), ``+reduction linears`` (tinylm.core.reduction_linear: the matrix-vector
-products as reductions Inductor generates and fuses, instead of cuBLAS calls), two ablations, and
-``plain loop+compile`` (benchmarks/plain_decode_loop.py).
+(q/k/v and gate/up fused), two ablations, and ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
 ``--quant``: the fused fast decoder on the model quantized with each scheme (tinylm-quant), against the
 bf16 fused fast row. Every row's tokens are checked against the eager static decoder of the same model.
 Output: a markdown table, decode_speed.json and decode_speed.png in --out.
@@ -35,7 +33,6 @@ from tinylm.cache.static import StaticCache, decode_step, model_cache_shape, sta
 from tinylm.core.bench.profiling import profiled
 from tinylm.core.bench.timing import measure
 from tinylm.core.fusion import fuse_projections
-from tinylm.core.reduction_linear import reduction_linears
 
 
 def rate(run, batch: int, n: int, repeats: int) -> dict:
@@ -62,16 +59,11 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
     out.append(("static+compile (previous)", lambda n: static_greedy_generate(model, ids, n, old, cache0)))
     fused = copy.deepcopy(model)
     fuse_projections(fused)
-    reduced, fused_reduced = copy.deepcopy(model), copy.deepcopy(fused)
-    reduction_linears(reduced, args.reduce_rows)
-    reduction_linears(fused_reduced, args.reduce_rows)
     for key, label, m, kw in [
         ("notune", "fast, no tuning", model, {"tune": False}),
         ("opaque", "fast, our norm/rope/swiglu kernels (opaque)", model, {"inductor_kernels": False}),
         ("fast", "fast", model, {}),
         ("fused", "fast+fused", fused, {}),
-        ("reduce", "fast+reduction linears", reduced, {}),
-        ("fused_reduce", "fast+fused+reduction linears", fused_reduced, {}),
     ]:
         if key in args.skip:
             continue
@@ -99,23 +91,23 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
 
     b, p = ids.shape
     out = []
-    # (scheme, reduction form): bf16 plain and as reduction linears; the int8 GEMV scheme with the
-    # hand-written Triton kernel and with int8_linear's torch backend (a reduction Inductor generates)
+    # (scheme, hand-written kernel): the int8 GEMV scheme runs twice, with int8_linear's torch backend
+    # (the default of the fast decoder: compiled, a reduction over int8 loads that Inductor generates and
+    # fuses) and with the hand-written Triton GEMV
     jobs = [(s, False) for s in ["none", *args.quant]]
-    jobs += [(s, True) for s in ["none", *args.quant] if s in ("none", "int8_weight_only_gemv")]
-    for scheme, reduce in jobs:
+    jobs += [(s, True) for s in args.quant if s == "int8_weight_only_gemv"]
+    for scheme, triton_gemv in jobs:
         m = copy.deepcopy(model)
         fuse_projections(m)
         if scheme != "none":
             quantize(m, scheme)
-        if reduce and scheme == "none":
-            reduction_linears(m, args.reduce_rows)
         c = StaticCache(b, p + args.new_tokens, device=ids.device, dtype=torch.bfloat16,
                         **model_cache_shape(model.config))  # fmt: skip
         c.mark_static_addresses()
-        prefer = {"int8_linear": "torch" if reduce else "triton"} if scheme == "int8_weight_only_gemv" else {}
+        prefer = {"int8_linear": "triton"} if triton_gemv else {}
         step = compile_greedy_step("cuda", prefer=prefer)
-        label = f"fast+fused {'bf16' if scheme == 'none' else scheme}{' reduction' if reduce else ''}"
+        label = f"fast+fused {'bf16' if scheme == 'none' else scheme}"
+        label += " (Triton GEMV)" if triton_gemv else ""
         out.append((label, lambda n, m=m, c=c, s=step: fast_greedy_generate(m, ids, n, s, c)))
     return out
 
@@ -128,8 +120,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quant", default="", help="comma-separated tinylm-quant schemes (110M, batch 1)")
-    ap.add_argument("--skip", default="", help="rows to leave out: notune,opaque,fast,fused,reduce,fused_reduce")
-    ap.add_argument("--reduce-rows", type=int, default=8, help="reduction linears up to this many rows")
+    ap.add_argument("--skip", default="", help="rows to leave out: notune,opaque,fast,fused")
     ap.add_argument("--profile", default="", help="kernel table for rows whose label contains this text")
     args = ap.parse_args()
     args.quant = [s for s in args.quant.split(",") if s]
@@ -159,7 +150,7 @@ def main() -> None:
                     row["agreement_vs_eager_static"] = (toks == ref).float().mean().item()
                     row.update(rate(run, batch, args.new_tokens, args.repeats))
                     if args.profile and args.profile in label:  # trace + top-kernels table into --out
-                        tag = f"{name}_b{batch}_{label}".replace(" ", "_").replace(",", "")
+                        tag = f"{name}_b{batch}_{label}".replace(" ", "_").replace(",", "").replace("+", "_")
                         with profiled(True, dev, out_dir, tag, row_limit=25):
                             run(34)
                             torch.cuda.synchronize()

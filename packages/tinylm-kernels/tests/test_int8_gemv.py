@@ -49,6 +49,21 @@ def test_triton_kernel_itself_and_prefill_fallback(device, assert_close_f64):
     assert_close_f64(got, oracle(many, w, scale, b), 1e-5, "prefill")
 
 
+@pytest.mark.parametrize(("x_shape", "n"), [((1, 300), 17), ((2, 3, 64), 40), ((12, 64), 9)])
+def test_torch_backend_compiled_is_a_fused_reduction_for_few_rows(x_shape, n, assert_close_f64):
+    """Compiled, up to 8 rows take the product-and-sum form (int8 loads Inductor can fuse); more rows stay
+    F.linear. Both match the float64 oracle in bf16 and float32."""
+    calls = []
+    for dtype, tol in DTYPES:
+        x, w, scale, b = inputs(x_shape, n, dtype, "cpu", bias=True)
+        torch._dynamo.reset()
+        f = torch.compile(int8_linear_reference, backend=lambda gm, _: calls.append(gm) or gm, fullgraph=True)
+        assert_close_f64(f(x, w, scale, b), oracle(x, w, scale, b), tol, f"compiled {dtype}")
+    ops = {str(node.target) for node in calls[-1].graph.nodes}
+    rows = x.numel() // x.shape[-1]
+    assert any("sum" in o for o in ops) == (rows <= 8) and any("linear" in o for o in ops) == (rows > 8)
+
+
 def test_reference_formula():
     x, w, scale, b = inputs((3, 5), 4, torch.float32, "cpu", True)
     torch.testing.assert_close(int8_linear_reference(x, w, scale, b), (x @ w.float().T) * scale + b)

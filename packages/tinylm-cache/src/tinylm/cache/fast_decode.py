@@ -6,9 +6,10 @@ compiled with ``torch.compile`` (CUDA graphs on a GPU) around ``greedy_step``. W
 
 - the argmax runs inside the graph and the positions are read from the cache's device counter, so a token
   costs one graph replay plus the counter's increment, not extra eager launches;
-- ``inductor_kernels``: RMSNorm, RoPE and SwiGLU use their plain-PyTorch backends while compiling
-  (``tinylm.kernels.preferring``), which Inductor fuses with their neighbours (the residual add into the
-  norm, RoPE into the KV-cache write); the hand-written kernels are one opaque launch each;
+- ``inductor_kernels``: RMSNorm, RoPE, SwiGLU and the int8 linear use their plain-PyTorch backends while
+  compiling (``tinylm.kernels.preferring``), which Inductor fuses with their neighbours (the residual add
+  into the norm, RoPE into the KV-cache write, the int8 dequantization into the matrix-vector product);
+  the hand-written kernels are one opaque launch each;
 - ``tune``: Inductor's coordinate-descent tuning of the generated kernels (gpt-fast turns it on too).
 
 Fuse the model's projections first for fewer launches (``tinylm.core.fusion.fuse_projections``). Rows of a
@@ -26,7 +27,7 @@ from tinylm.cache.static import StaticCache, decode_step, model_cache_shape
 from tinylm.core.fusion import fuse_projections
 from tinylm.kernels import preferring
 
-FUSABLE = {"rms_norm": "torch", "rope": "torch", "swiglu": "torch"}
+FUSABLE = {"rms_norm": "torch", "rope": "torch", "swiglu": "torch", "int8_linear": "torch"}
 
 
 def greedy_step(model: Any, cache: StaticCache, tokens: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tinylm.kernels.registry import dispatch
 from tinylm.kernels import int8_gemv_triton as _int8_gemv_triton  # noqa: F401  (registers the backend)
 from tinylm.kernels.int8_gemv import check_int8_linear_inputs
+from tinylm.kernels.registry import dispatch
 
 
 class Int8GemvLinear(nn.Module):
