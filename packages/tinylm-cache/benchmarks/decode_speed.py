@@ -8,7 +8,8 @@ Rows per workload (bf16, greedy, prompt 16, --new-tokens new tokens; decode tok/
 (t(N) - t(2)), prefill excluded; CUDA events, median of --repeats after a warm-up):
 ``static+compile`` (decode_step under ``mode="reduce-overhead"``, the previous best), ``fast`` (the whole
 step with argmax in one graph, Inductor-visible kernels, coordinate-descent tuning), ``fast+fused``
-(q/k/v and gate/up fused), two ablations, and ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
+(q/k/v and gate/up fused), ``--graph-steps``: ``k`` steps of the fused model per CUDA-graph replay
+(``GraphedGreedySteps``), two ablations, and ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
 ``--quant``: the fused fast decoder on the model quantized with each scheme (tinylm-quant), against the
 bf16 fused fast row. Every row's tokens are checked against the eager static decoder of the same model.
 Output: a markdown table, decode_speed.json and decode_speed.png in --out.
@@ -28,7 +29,12 @@ import torch
 from gpu_bench import MODELS, build
 from plain_decode_loop import PlainLlamaDecoder, decode_one
 
-from tinylm.cache.fast_decode import compile_greedy_step, fast_greedy_generate
+from tinylm.cache.fast_decode import (
+    GraphedGreedySteps,
+    compile_greedy_step,
+    fast_greedy_generate,
+    graphed_greedy_stream,
+)
 from tinylm.cache.static import StaticCache, decode_step, model_cache_shape, static_greedy_generate
 from tinylm.core.bench.profiling import profiled
 from tinylm.core.bench.timing import measure
@@ -54,9 +60,10 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
         return c
 
     out = []
-    cache0 = static_cache()
-    old = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
-    out.append(("static+compile (previous)", lambda n: static_greedy_generate(model, ids, n, old, cache0)))
+    if "previous" not in args.skip:
+        cache0 = static_cache()
+        old = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
+        out.append(("static+compile (previous)", lambda n: static_greedy_generate(model, ids, n, old, cache0)))
     fused = copy.deepcopy(model)
     fuse_projections(fused)
     for key, label, m, kw in [
@@ -69,6 +76,17 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
             continue
         cache, step = static_cache(), compile_greedy_step("cuda", **kw)
         out.append((label, lambda n, m=m, c=cache, s=step: fast_greedy_generate(m, ids, n, s, c)))
+    for k in args.graph_steps:  # k steps per CUDA-graph replay: one step per Inductor graph, our own capture
+        c = StaticCache(b, p + args.new_tokens + k, device=dev, dtype=dt, **shape)
+        c.mark_static_addresses()
+        g = GraphedGreedySteps(fused, c, k, compile_greedy_step("cuda", cudagraphs=False))
+
+        def graphed_run(n, g=g):
+            if g.graph is None:
+                g.capture()
+            return torch.cat([ids, *(t[:, None] for t in graphed_greedy_stream(fused, ids, n, g))], dim=1)
+
+        out.append((f"fast+fused, {k} steps per CUDA graph", graphed_run))
     dec = PlainLlamaDecoder(model, b, p + args.new_tokens)
     plain = torch.compile(decode_one, mode="reduce-overhead", fullgraph=True)
 
@@ -120,11 +138,13 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quant", default="", help="comma-separated tinylm-quant schemes (110M, batch 1)")
-    ap.add_argument("--skip", default="", help="rows to leave out: notune,opaque,fast,fused")
+    ap.add_argument("--skip", default="", help="rows to leave out: previous,notune,opaque,fast,fused")
+    ap.add_argument("--graph-steps", default="", help="rows with k steps per CUDA graph, e.g. 8,32")
     ap.add_argument("--profile", default="", help="kernel table for rows whose label contains this text")
     args = ap.parse_args()
     args.quant = [s for s in args.quant.split(",") if s]
     args.skip = set(args.skip.split(","))
+    args.graph_steps = [int(k) for k in args.graph_steps.split(",") if k]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = torch.device("cuda")

@@ -59,3 +59,40 @@ def test_fast_greedy_decoder_on_a_fused_model_matches_recomputation() -> None:
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref)
         assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref)  # cache reused
+
+
+@pytest.mark.parametrize(("k", "new"), [(1, 6), (3, 10), (4, 2), (5, 9)])
+def test_k_steps_per_graph_match_recomputation(k, new) -> None:
+    """``GraphedGreedySteps`` uncaptured (CPU): the same k-step runs the GPU records; token counts that are
+    not a multiple of k drop the extra tokens."""
+    from tinylm.cache.fast_decode import GraphedGreedySteps, compile_greedy_step, graphed_greedy_stream
+
+    model = tiny_model().float()
+    prompt = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(8))
+    ref = generate(model, prompt, new, temperature=0.0, use_cache=False)
+    c = model.config
+    cache = StaticCache(2, 4 + new + k, c.n_layers, c.n_kv_heads, c.head_dim)
+    torch._dynamo.reset()
+    step = compile_greedy_step("cpu", backend="aot_eager", cudagraphs=False)
+    graphed = GraphedGreedySteps(model, cache, k, step)
+    graphed.capture()  # a no-op off a GPU
+    for _ in range(2):  # the cache is reset and reused
+        toks = list(graphed_greedy_stream(model, prompt, new, graphed))
+        assert len(toks) == new
+        assert torch.equal(torch.cat([prompt, torch.stack(toks, 1)], 1), ref)
+
+
+def test_k_steps_per_graph_errors() -> None:
+    from tinylm.cache.fast_decode import GraphedGreedySteps, fast_greedy, graphed_greedy_stream, greedy_step
+
+    model = tiny_model().float()
+    c = model.config
+    cache = StaticCache(1, 10, c.n_layers, c.n_kv_heads, c.head_dim)
+    with pytest.raises(ValueError, match="at least 1"):
+        GraphedGreedySteps(model, cache, 0, greedy_step)
+    graphed = GraphedGreedySteps(model, cache, 4, greedy_step)
+    with pytest.raises(ValueError, match="needs 13 cache positions, the cache has 10"):
+        list(graphed_greedy_stream(model, torch.zeros(1, 4, dtype=torch.long), 6, graphed))
+    prompt = torch.randint(0, 97, (1, 3), generator=torch.Generator().manual_seed(9))
+    ref = generate(model, prompt, 7, temperature=0.0, use_cache=False)[0, 3:]
+    assert torch.equal(torch.cat(list(fast_greedy(model, prompt, 7, steps_per_graph=3))), ref)

@@ -88,9 +88,12 @@ class StaticCache:
         ctx.memo["static_mask"] = mask[:, None]  # (B, 1, T, L)
         return ctx.memo["static_mask"]
 
-    def advance(self, n: int) -> None:
+    def advance(self, n: int, on_device: bool = True) -> None:
+        """``n`` more positions are filled; ``on_device=False``: the device counter was moved already (by a
+        recorded CUDA graph), only the host's count moves."""
         self._len += n
-        self.position.add_(n)
+        if on_device:
+            self.position.add_(n)
 
     def mark_static_addresses(self) -> None:
         """Tell torch.compile the buffers never move, so CUDA graphs can write them in place."""
