@@ -8,8 +8,9 @@ Rows per workload (bf16, greedy, prompt 16, --new-tokens new tokens; decode tok/
 (t(N) - t(2)), prefill excluded; CUDA events, median of --repeats after a warm-up):
 ``static+compile`` (decode_step under ``mode="reduce-overhead"``, the previous best), ``fast`` (the whole
 step with argmax in one graph, Inductor-visible kernels, coordinate-descent tuning), ``fast+fused``
-(q/k/v and gate/up fused), ``--graph-steps``: ``k`` steps of the fused model per CUDA-graph replay
-(``GraphedGreedySteps``), two ablations, and ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
+(q/k/v and gate/up fused), ``math decode attention`` (``StaticCache(decode_attention="math")``),
+``--graph-steps``: ``k`` steps of the fused model per CUDA-graph replay (``GraphedGreedySteps``), two
+ablations, and ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
 ``--quant``: the fused fast decoder on the model quantized with each scheme (tinylm-quant), against the
 bf16 fused fast row. Every row's tokens are checked against the eager static decoder of the same model.
 Output: a markdown table, decode_speed.json and decode_speed.png in --out.
@@ -54,8 +55,9 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
     shape = model_cache_shape(model.config)
     dev, dt = ids.device, next(model.parameters()).dtype
 
-    def static_cache():
-        c = StaticCache(b, p + args.new_tokens, device=dev, dtype=dt, **shape)
+    def static_cache(attention="sdpa", extra=0):
+        c = StaticCache(b, p + args.new_tokens + extra, device=dev, dtype=dt, decode_attention=attention,
+                        **shape)  # fmt: skip
         c.mark_static_addresses()
         return c
 
@@ -63,7 +65,8 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
     if "previous" not in args.skip:
         cache0 = static_cache()
         old = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
-        out.append(("static+compile (previous)", lambda n: static_greedy_generate(model, ids, n, old, cache0)))
+        prev = lambda n: static_greedy_generate(model, ids, n, old, cache0)  # noqa: E731
+        out.append(("static+compile (previous)", prev))
     fused = copy.deepcopy(model)
     fuse_projections(fused)
     for key, label, m, kw in [
@@ -71,14 +74,14 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
         ("opaque", "fast, our norm/rope/swiglu kernels (opaque)", model, {"inductor_kernels": False}),
         ("fast", "fast", model, {}),
         ("fused", "fast+fused", fused, {}),
+        ("math", "fast+fused, math decode attention", fused, {}),
     ]:
         if key in args.skip:
             continue
-        cache, step = static_cache(), compile_greedy_step("cuda", **kw)
+        cache, step = static_cache("math" if key == "math" else "sdpa"), compile_greedy_step("cuda", **kw)
         out.append((label, lambda n, m=m, c=cache, s=step: fast_greedy_generate(m, ids, n, s, c)))
     for k in args.graph_steps:  # k steps per CUDA-graph replay: one step per Inductor graph, our own capture
-        c = StaticCache(b, p + args.new_tokens + k, device=dev, dtype=dt, **shape)
-        c.mark_static_addresses()
+        c = static_cache(args.decode_attention, extra=k)
         g = GraphedGreedySteps(fused, c, k, compile_greedy_step("cuda", cudagraphs=False))
 
         def graphed_run(n, g=g):
@@ -86,7 +89,7 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
                 g.capture()
             return torch.cat([ids, *(t[:, None] for t in graphed_greedy_stream(fused, ids, n, g))], dim=1)
 
-        out.append((f"fast+fused, {k} steps per CUDA graph", graphed_run))
+        out.append((f"fast+fused, {args.decode_attention} attention, {k} steps per CUDA graph", graphed_run))
     dec = PlainLlamaDecoder(model, b, p + args.new_tokens)
     plain = torch.compile(decode_one, mode="reduce-overhead", fullgraph=True)
 
@@ -119,12 +122,13 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
         fuse_projections(m)
         if scheme != "none":
             quantize(m, scheme)
+        shape = model_cache_shape(model.config)
         c = StaticCache(b, p + args.new_tokens, device=ids.device, dtype=torch.bfloat16,
-                        **model_cache_shape(model.config))  # fmt: skip
+                        decode_attention=args.decode_attention, **shape)  # fmt: skip
         c.mark_static_addresses()
         prefer = {"int8_linear": "triton"} if triton_gemv else {}
         step = compile_greedy_step("cuda", prefer=prefer)
-        label = f"fast+fused {'bf16' if scheme == 'none' else scheme}"
+        label = f"fast+fused {'bf16' if scheme == 'none' else scheme}, {args.decode_attention} attention"
         label += " (Triton GEMV)" if triton_gemv else ""
         out.append((label, lambda n, m=m, c=c, s=step: fast_greedy_generate(m, ids, n, s, c)))
     return out
@@ -138,7 +142,13 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quant", default="", help="comma-separated tinylm-quant schemes (110M, batch 1)")
-    ap.add_argument("--skip", default="", help="rows to leave out: previous,notune,opaque,fast,fused")
+    ap.add_argument("--skip", default="", help="rows to leave out: previous,notune,opaque,fast,fused,math")
+    ap.add_argument(
+        "--decode-attention",
+        default="sdpa",
+        choices=["sdpa", "math"],
+        help="the static cache's decode attention in the --graph-steps and --quant rows",
+    )
     ap.add_argument("--graph-steps", default="", help="rows with k steps per CUDA graph, e.g. 8,32")
     ap.add_argument("--profile", default="", help="kernel table for rows whose label contains this text")
     args = ap.parse_args()

@@ -18,6 +18,13 @@ class TestStatic(CacheConformance):
     name = "static"
 
 
+class TestStaticMathDecodeAttention(CacheConformance):
+    """Decode steps attend with matmuls and a masked softmax (what Inductor turns into its own kernels)."""
+
+    name = "static"
+    cache_kwargs: ClassVar[dict[str, Any]] = {"decode_attention": "math"}
+
+
 class TestPaged(CacheConformance):
     name = "paged"
 

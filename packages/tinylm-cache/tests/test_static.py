@@ -96,3 +96,20 @@ def test_k_steps_per_graph_errors() -> None:
     prompt = torch.randint(0, 97, (1, 3), generator=torch.Generator().manual_seed(9))
     ref = generate(model, prompt, 7, temperature=0.0, use_cache=False)[0, 3:]
     assert torch.equal(torch.cat(list(fast_greedy(model, prompt, 7, steps_per_graph=3))), ref)
+
+
+def test_math_decode_attention_compiles_and_rejects_unknown_names() -> None:
+    from tinylm.cache.fast_decode import compile_greedy_step, fast_greedy_generate
+
+    model = tiny_model().float()
+    c = model.config
+    with pytest.raises(ValueError, match="decode_attention must be one of"):
+        StaticCache(1, 8, c.n_layers, c.n_kv_heads, c.head_dim, decode_attention="flash")
+    prompt = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(10))
+    ref = generate(model, prompt, 10, temperature=0.0, use_cache=False)
+    cache = StaticCache(2, 14, c.n_layers, c.n_kv_heads, c.head_dim, decode_attention="math")
+    torch._dynamo.reset()
+    step = compile_greedy_step("cpu", backend="aot_eager")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref)
+        assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref)

@@ -4,8 +4,11 @@ the same shapes and can be captured as a CUDA graph (``torch.compile(mode="reduc
 The buffers are ``(B, Hkv, max_seq_len, hd)`` per layer; ``update`` writes the new keys at the current
 write position (a device tensor, so no host sync and no shape change) and returns the whole buffer. The
 empty tail is masked out by ``attention_mask`` (the hook ``Attention`` calls for caches that own their
-layout). ``decode_step`` runs one fixed-shape forward of a ``TinyLM`` for compilation. Design after
-gpt-fast's ``KVCache`` and Hugging Face's ``StaticCache``.
+layout). ``decode_step`` runs one fixed-shape forward of a ``TinyLM`` for compilation. With
+``decode_attention="math"`` a decode step (one new token per row) attends in plain matmul + masked softmax
+instead of SDPA: compiled with coordinate-descent tuning, Inductor turns both one-row products into
+reductions it generates itself, where SDPA is a prefill-shaped library kernel plus a mask conversion per
+layer. Design after gpt-fast's ``KVCache`` and Hugging Face's ``StaticCache``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 import torch
 
 from tinylm.core.registry import CACHES
+
+DECODE_ATTENTION = ("sdpa", "math")
 
 
 class StaticCache:
@@ -29,9 +34,13 @@ class StaticCache:
         head_dim: int,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        decode_attention: str = "sdpa",
     ) -> None:
         if batch_size < 1 or max_seq_len < 1:
             raise ValueError(f"batch_size and max_seq_len must be >= 1, got {batch_size}, {max_seq_len}")
+        if decode_attention not in DECODE_ATTENTION:
+            raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
+        self.decode_attention = decode_attention
         shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
@@ -71,6 +80,24 @@ class StaticCache:
         self.keys[layer_idx].index_copy_(2, idx, k.to(self.keys[layer_idx].dtype))
         self.values[layer_idx].index_copy_(2, idx, v.to(self.values[layer_idx].dtype))
         return self.keys[layer_idx], self.values[layer_idx]
+
+    def attend(
+        self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, ctx: Any
+    ) -> torch.Tensor | None:
+        """``decode_attention="math"``, one new token per row: store ``k``, ``v`` and attend over the buffer
+        with matmuls and a masked softmax in (at least) float32, ``(B, H, 1, hd)``. None otherwise (the
+        caller then calls ``update`` and runs its attention backend with ``attention_mask``)."""
+        if self.decode_attention != "math" or q.shape[2] != 1:
+            return None
+        keys, values = self.update(layer_idx, k, v)  # (B, Hkv, L, hd)
+        mask = self.attention_mask(layer_idx, ctx)  # (B, 1, 1, L): the same mask SDPA would get
+        b, h, _, hd = q.shape
+        hkv = keys.shape[1]
+        acc = torch.promote_types(q.dtype, torch.float32)  # float32 at least
+        qg = q.reshape(b, hkv, h // hkv, hd).to(acc)  # query heads grouped by the kv head they read
+        scores = (qg @ keys.to(acc).transpose(-1, -2)) * scale  # (B, Hkv, G, L)
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        return (probs @ values.to(acc)).reshape(b, h, 1, hd).to(q.dtype)
 
     def attention_mask(self, layer_idx: int, ctx: Any) -> torch.Tensor:
         """``(B, 1, T, max_seq_len)``: causal over the filled slots, padding keys off, a query sees itself."""
@@ -157,8 +184,15 @@ def model_cache_shape(config: Any) -> dict[str, int]:
 
 @CACHES.register("static")
 def static_cache(
-    config: Any, batch_size: int, max_seq_len: int, device: Any = "cpu", dtype: Any = torch.float32, **_: Any
+    config: Any,
+    batch_size: int,
+    max_seq_len: int,
+    device: Any = "cpu",
+    dtype: Any = torch.float32,
+    decode_attention: str = "sdpa",
+    **_: Any,
 ) -> StaticCache:
     """Factory for ``CACHES``: buffers for ``batch_size`` rows of ``max_seq_len`` positions."""
     shape = model_cache_shape(config)
-    return StaticCache(batch_size=batch_size, max_seq_len=max_seq_len, device=device, dtype=dtype, **shape)
+    return StaticCache(batch_size=batch_size, max_seq_len=max_seq_len, device=device, dtype=dtype,
+                       decode_attention=decode_attention, **shape)  # fmt: skip
