@@ -16,13 +16,16 @@ step time gives tokens/s. Reported per run: tokens/s, scaling efficiency ``tok/s
 per-GPU peak memory (max over ranks), per-GPU bytes of parameters + gradients + AdamW state (measured
 from the tensors each rank holds), MFU against this card's measured bf16 matmul rate (8192^3 ``torch.mm``),
 and the loss at the last step. Output: a markdown table, ``scaling.json`` and ``scaling.png`` in --out.
-The data are a seeded synthetic Markov chain (learnable, no files needed). ``--device cpu`` runs the same
-thing with Gloo on tiny sizes (a smoke test of the script, not a measurement).
+``ddp_nosync`` runs DDP with every micro-batch under ``no_sync``: the same processes without the gradient
+all-reduce, which tells the communication's cost from the host's (two busy processes, clocks) when the
+DDP speedup falls short. The data are a seeded synthetic Markov chain (learnable, no files needed).
+``--device cpu`` runs the same thing with Gloo on tiny sizes (a smoke test of the script, not a measurement).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -50,7 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.environ.get("OUT", "scaling_out"), help="directory for results")
     p.add_argument("--presets", default="large,xl", help="tinylm.core SIZE_PRESETS names")
-    p.add_argument("--strategies", default="ddp,fsdp2")
+    p.add_argument(
+        "--strategies",
+        default="ddp,fsdp2",
+        help="ddp, fsdp2, and ddp_nosync: DDP without its gradient all-reduce (a diagnostic)",
+    )
     p.add_argument("--gpus", default=None, help="GPU counts, e.g. 1,2,4,8 (default: powers of 2 up to all)")
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--micro-batch", type=int, default=8, help="sequences per rank per micro-batch")
@@ -99,7 +106,9 @@ def worker(args: argparse.Namespace) -> None:
     options = {"activation_checkpointing": args.activation_checkpointing}
     if args.strategy == "fsdp2" and cuda:
         options.update(param_dtype="bfloat16", reduce_dtype="float32")
-    strategy = build_strategy(args.strategy, args.device, **options)
+    # ddp_nosync: DDP replicas that never all-reduce their gradients (every micro-batch under no_sync): the
+    # same processes, model and data as ddp minus its communication, to tell that cost from the host's
+    strategy = build_strategy(args.strategy.removesuffix("_nosync"), args.device, **options)
     rank, world, device = strategy.rank, strategy.world_size, strategy.device
     matmul_tflops = measure_matmul_tflops(device, torch.bfloat16 if cuda else torch.float32)
     cfg = ModelConfig.from_preset(args.preset, vocab_size=VOCAB if cuda else 512, max_seq_len=args.seq_len)
@@ -128,7 +137,9 @@ def worker(args: argparse.Namespace) -> None:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
         t0 = time.perf_counter()
-        stats = trainer.train_step()
+        no_comm = args.strategy.endswith("_nosync") and world > 1
+        with trainer.train_model.no_sync() if no_comm else contextlib.nullcontext():
+            stats = trainer.train_step()
         if cuda:
             end.record()
             end.synchronize()
@@ -218,7 +229,8 @@ def check_losses(rows: list[dict], tolerance: float = 0.02) -> str:
     DDP (fp32 weights, bf16 autocast) and FSDP2 (bf16 compute copies) round differently, so they are
     compared with each other for information only.
     """
-    ok = [r for r in rows if "error" not in r]
+    # replicas without gradient sync (ddp_nosync) are not the same training: left out
+    ok = [r for r in rows if "error" not in r and not r["strategy"].endswith("_nosync")]
     if not ok:
         return "loss check: no successful runs"
     lines = []
@@ -302,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
     lcm = args.micro_batches or math.lcm(*counts)
     if any(lcm % n for n in counts):
         raise SystemExit(f"--micro-batches {lcm} must be a multiple of every GPU count {counts}")
+    bad = sorted(set(args.strategies.split(",")) - {"ddp", "fsdp2", "ddp_nosync"})
+    if bad:
+        raise SystemExit(f"--strategies: unknown {bad}; allowed: ddp, fsdp2, ddp_nosync")
     runs = [(p, s, n) for p in args.presets.split(",") for s in args.strategies.split(",") for n in counts]
     print(f"{len(runs)} runs, GPU counts {counts}, global batch {args.micro_batch * lcm} x {args.seq_len}")
     rows = []
