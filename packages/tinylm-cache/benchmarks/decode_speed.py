@@ -5,7 +5,8 @@ decoder buys, against the gpt-fast-style plain loop measured in the same run on 
         --out OUT --workloads 110M:1,10.6M:1,110M:32 [--quant int8_weight_only_gemv]
 
 Rows per workload (bf16, greedy, prompt 16, --new-tokens new tokens; decode tok/s = B * (N - 2) /
-(t(N) - t(2)), prefill excluded; CUDA events, median of --repeats after a warm-up):
+(t(N) - t(2)), prefill excluded, where a k-steps-per-graph row counts the steps its whole replays ran;
+CUDA events, median of --repeats after a warm-up):
 ``static+compile`` (decode_step under ``mode="reduce-overhead"``, the previous best), ``fast`` (the whole
 step with argmax in one graph, Inductor-visible kernels, coordinate-descent tuning), ``fast+fused``
 (q/k/v and gate/up fused), ``math decode attention`` (``StaticCache(decode_attention="math")``),
@@ -45,7 +46,9 @@ from tinylm.core.fusion import fuse_projections
 def rate(run, batch: int, n: int, repeats: int) -> dict:
     full = measure(lambda: run(n), 1, repeats, "cuda").median
     two = measure(lambda: run(2), 1, repeats, "cuda").median
-    step_ms = (full - two) / (n - 2)
+    k = getattr(run, "steps_per_call", 1)  # a graphed row runs whole replays of k steps
+    steps = lambda m: k * -(-(m - 1) // k)  # noqa: E731  (decode steps executed for m tokens)
+    step_ms = (full - two) / (steps(n) - steps(2))
     return {"tokens_per_s": batch * 1e3 / step_ms, "step_us": step_ms * 1e3, "prefill_ms": two}
 
 
@@ -104,6 +107,7 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
                 g.capture()
             return torch.cat([ids, *(t[:, None] for t in graphed_greedy_stream(fused, ids, n, g))], dim=1)
 
+        graphed_run.steps_per_call = k
         out.append((f"fast+fused, {args.decode_attention} attention, {k} steps per CUDA graph", graphed_run))
     return out
 
