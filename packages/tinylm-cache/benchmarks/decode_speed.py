@@ -10,6 +10,7 @@ CUDA events, median of --repeats after a warm-up):
 ``static+compile`` (decode_step under ``mode="reduce-overhead"``, the previous best), ``fast`` (the whole
 step with argmax in one graph, Inductor-visible kernels, coordinate-descent tuning), ``fast+fused``
 (q/k/v and gate/up fused), ``math decode attention`` (``StaticCache(decode_attention="math")``),
+``max-autotune matmuls`` (Inductor's Triton matmul templates where they win: several rows per step),
 ``--graph-steps``: ``k`` steps of the fused model per CUDA-graph replay (``GraphedGreedySteps``), two
 ablations, and ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
 ``--quant``: the fused fast decoder on the model quantized with each scheme (tinylm-quant), against the
@@ -78,6 +79,7 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
         ("fast", "fast", model, {}),
         ("fused", "fast+fused", fused, {}),
         ("math", "fast+fused, math decode attention", fused, {}),
+        ("autotune", "fast+fused, max-autotune matmuls", fused, {"max_autotune": True}),
     ]:
         if key in args.skip:
             continue
@@ -121,7 +123,7 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
     # (the default of the fast decoder: compiled, a reduction over int8 loads that Inductor generates and
     # fuses) and with the hand-written Triton GEMV
     jobs = [(s, False) for s in ["none", *args.quant]]
-    jobs += [(s, True) for s in args.quant if s == "int8_weight_only_gemv"]
+    jobs += [(s, True) for s in args.quant if s == "int8_weight_only_gemv" and "triton_gemv" not in args.skip]
     for scheme, triton_gemv in jobs:
         m = copy.deepcopy(model)
         fuse_projections(m)
@@ -147,7 +149,8 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quant", default="", help="comma-separated tinylm-quant schemes (110M, batch 1)")
-    ap.add_argument("--skip", default="", help="rows to leave out: previous,notune,opaque,fast,fused,math")
+    rows = "previous,notune,opaque,fast,fused,math,autotune,triton_gemv"
+    ap.add_argument("--skip", default="", help=f"rows to leave out, any of {rows}")
     ap.add_argument(
         "--decode-attention",
         default="sdpa",

@@ -49,6 +49,7 @@ def compile_greedy_step(
     backend: str = "inductor",
     prefer: dict[str, str] | None = None,
     cudagraphs: bool | None = None,
+    max_autotune: bool = False,
 ) -> Any:
     """``greedy_step`` compiled once for fixed shapes (CUDA graphs on a GPU); call it like ``greedy_step``.
 
@@ -57,12 +58,13 @@ def compile_greedy_step(
     ``prefer``: kernel backends by op (``tinylm.kernels.preferring``) over the ``inductor_kernels`` choice,
     e.g. ``{"int8_linear": "triton"}`` for the hand-written int8 GEMV. ``cudagraphs``: Inductor's own
     CUDA graph per call (default: on a GPU); ``GraphedGreedySteps`` turns it off and records its own.
+    ``max_autotune``: Inductor also benchmarks Triton matmul templates against cuBLAS (slower compile;
+    matters for several rows per step, as 1-row products are reductions already).
     """
     cuda = torch.device(device).type == "cuda"
     graphs = cuda if cudagraphs is None else cudagraphs
-    options = (
-        {"triton.cudagraphs": graphs, "coordinate_descent_tuning": tune} if backend == "inductor" else None
-    )
+    options = {"triton.cudagraphs": graphs, "coordinate_descent_tuning": tune, "max_autotune": max_autotune}
+    options = options if backend == "inductor" else None
     compiled = torch.compile(greedy_step, backend=backend, fullgraph=True, dynamic=False, options=options)
     choices = {**(FUSABLE if inductor_kernels else {}), **(prefer or {})}
 
