@@ -44,9 +44,9 @@ from tinylm.core.bench.timing import measure
 from tinylm.core.fusion import fuse_projections
 
 
-def rate(run, batch: int, n: int, repeats: int) -> dict:
-    full = measure(lambda: run(n), 1, repeats, "cuda").median
-    two = measure(lambda: run(2), 1, repeats, "cuda").median
+def rate(run, batch: int, n: int, repeats: int, device: str) -> dict:
+    full = measure(lambda: run(n), 1, repeats, device).median
+    two = measure(lambda: run(2), 1, repeats, device).median
     k = getattr(run, "steps_per_call", 1)  # a graphed row runs whole replays of k steps
     steps = lambda m: k * -(-(m - 1) // k)  # noqa: E731  (decode steps executed for m tokens)
     step_ms = (full - two) / (steps(n) - steps(2))
@@ -83,7 +83,7 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
     ]:
         if key in args.skip:
             continue
-        cache, step = static_cache("math" if key == "math" else "sdpa"), compile_greedy_step("cuda", **kw)
+        cache, step = static_cache("math" if key == "math" else "sdpa"), compile_greedy_step(dev, **kw)
         out.append((label, lambda n, m=m, c=cache, s=step: fast_greedy_generate(m, ids, n, s, c)))
     dec = PlainLlamaDecoder(model, b, p + args.new_tokens)
     plain = torch.compile(decode_one, mode="reduce-overhead", fullgraph=True)
@@ -102,7 +102,7 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
     # last: a failed capture must not cost the other rows
     for k in args.graph_steps:  # k steps per CUDA-graph replay: one step per Inductor graph, our own capture
         c = static_cache(args.decode_attention, extra=k)
-        g = GraphedGreedySteps(fused, c, k, compile_greedy_step("cuda", cudagraphs=False))
+        g = GraphedGreedySteps(fused, c, k, compile_greedy_step(dev, cudagraphs=False))
 
         def graphed_run(n, g=g):
             if g.graph is None:
@@ -134,7 +134,7 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
                         decode_attention=args.decode_attention, **shape)  # fmt: skip
         c.mark_static_addresses()
         prefer = {"int8_linear": "triton"} if triton_gemv else {}
-        step = compile_greedy_step("cuda", prefer=prefer)
+        step = compile_greedy_step(ids.device, prefer=prefer)
         label = f"fast+fused {'bf16' if scheme == 'none' else scheme}, {args.decode_attention} attention"
         label += " (Triton GEMV)" if triton_gemv else ""
         out.append((label, lambda n, m=m, c=c, s=step: fast_greedy_generate(m, ids, n, s, c)))
@@ -148,6 +148,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (--workloads quick:1)")
     ap.add_argument("--quant", default="", help="comma-separated tinylm-quant schemes (110M, batch 1)")
     rows = "previous,notune,opaque,fast,fused,math,autotune,triton_gemv"
     ap.add_argument("--skip", default="", help=f"rows to leave out, any of {rows}")
@@ -165,7 +166,7 @@ def main() -> None:
     args.graph_steps = [int(k) for k in args.graph_steps.split(",") if k]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
     rows = []
     jobs = [(w.split(":")[0], int(w.split(":")[1]), "decode") for w in args.workloads.split(",") if w]
     jobs += [("110M", 1, "quant")] if args.quant else []
@@ -186,12 +187,12 @@ def main() -> None:
                     toks = run(args.new_tokens)  # compiles
                     row["compile_s"] = time.perf_counter() - t0
                     row["agreement_vs_eager_static"] = (toks == ref).float().mean().item()
-                    row.update(rate(run, batch, args.new_tokens, args.repeats))
+                    row.update(rate(run, batch, args.new_tokens, args.repeats, dev.type))
                     if args.profile and args.profile in label:  # trace + top-kernels table into --out
                         tag = f"{name}_b{batch}_{label}".replace(" ", "_").replace(",", "").replace("+", "_")
                         with profiled(True, dev, out_dir, tag, row_limit=25):
                             run(34)
-                            torch.cuda.synchronize()
+                            torch.cuda.synchronize() if dev.type == "cuda" else None
             except Exception as e:  # one failing row must not lose the others
                 traceback.print_exc()
                 row["error"] = repr(e)[:300]
@@ -202,7 +203,8 @@ def main() -> None:
                      and q["row"].startswith("plain") and "tokens_per_s" in q), None)  # fmt: skip
         if base and "tokens_per_s" in r:
             r["vs_plain_loop"] = r["tokens_per_s"] / base["tokens_per_s"]
-    env = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "argv": sys.argv}
+    name = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
+    env = {"device": name, "torch": torch.__version__, "argv": sys.argv}
     (out_dir / "decode_speed.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
     print(f"\n## decode speed on {env['device']}, torch {env['torch']}\n")
     print("| model | batch | row | tok/s | us/step | vs plain loop | agreement | compile s |")

@@ -1,0 +1,31 @@
+"""benchmarks/decode_speed.py end to end on CPU with a tiny model: every row kind runs and its tokens match
+the eager static decoder, so a GPU call is not the first run of a changed script."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.slow
+def test_every_row_runs_and_agrees_with_the_eager_decoder(tmp_path):
+    args = ("--device cpu --workloads quick:1 --new-tokens 6 --repeats 1 --graph-steps 4 "
+            "--decode-attention math --skip notune,opaque,fast,autotune")  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(BENCH / "decode_speed.py"), *args.split(), "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "decode_speed.json").read_text())["rows"]
+    labels = [r["row"] for r in rows]
+    assert labels == [
+        "static+compile (previous)", "fast+fused", "fast+fused, math decode attention",
+        "plain loop+compile (gpt-fast style)", "fast+fused, math attention, 4 steps per CUDA graph",
+    ]  # fmt: skip
+    for r in rows:
+        assert "error" not in r, r
+        assert r["agreement_vs_eager_static"] == 1.0 and r["tokens_per_s"] > 0, r
