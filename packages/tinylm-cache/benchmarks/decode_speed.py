@@ -11,6 +11,7 @@ CUDA events, median of --repeats after a warm-up):
 step with argmax in one graph, Inductor-visible kernels, coordinate-descent tuning), ``fast+fused``
 (q/k/v and gate/up fused), ``math decode attention`` (``StaticCache(decode_attention="math")``),
 ``max-autotune matmuls`` (Inductor's Triton matmul templates where they win: several rows per step),
+``--inductor 'combo_kernels=True'`` (a row per set of extra Inductor settings),
 ``--graph-steps``: ``k`` steps of the fused model per CUDA-graph replay (``GraphedGreedySteps``), two
 ablations, and ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
 ``--quant``: the fused fast decoder on the model quantized with each scheme (tinylm-quant), against the
@@ -21,6 +22,7 @@ Output: a markdown table, decode_speed.json and decode_speed.png in --out.
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import json
 import sys
@@ -53,6 +55,18 @@ def rate(run, batch: int, n: int, repeats: int, device: str) -> dict:
     return {"tokens_per_s": batch * 1e3 / step_ms, "step_us": step_ms * 1e3, "prefill_ms": two}
 
 
+def parse_options(spec: str) -> dict:
+    """``a=1;b=True`` -> ``{"a": 1, "b": True}`` (values as Python literals, else strings)."""
+    out = {}
+    for item in filter(None, spec.split(";")):
+        key, _, value = item.partition("=")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
 def variants(model, ids, args) -> list[tuple[str, object]]:
     """(label, run(n) -> tokens) for every row of one workload; compilation happens on first use."""
     b, p = ids.shape
@@ -80,6 +94,10 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
         ("fused", "fast+fused", fused, {}),
         ("math", "fast+fused, math decode attention", fused, {}),
         ("autotune", "fast+fused, max-autotune matmuls", fused, {"max_autotune": True}),
+        *[
+            (f"inductor:{o}", f"fast+fused, inductor {o}", fused, {"inductor_options": parse_options(o)})
+            for o in args.inductor
+        ],
     ]:
         if key in args.skip:
             continue
@@ -157,6 +175,12 @@ def main() -> None:
         default="sdpa",
         choices=["sdpa", "math"],
         help="the static cache's decode attention in the --graph-steps and --quant rows",
+    )
+    ap.add_argument(
+        "--inductor",
+        action="append",
+        default=[],
+        help="a row with these Inductor settings, e.g. 'combo_kernels=True' (repeatable)",
     )
     ap.add_argument("--graph-steps", default="", help="rows with k steps per CUDA graph, e.g. 8,32")
     ap.add_argument("--profile", default="", help="kernel table for rows whose label contains this text")

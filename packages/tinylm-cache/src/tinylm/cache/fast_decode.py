@@ -50,6 +50,7 @@ def compile_greedy_step(
     prefer: dict[str, str] | None = None,
     cudagraphs: bool | None = None,
     max_autotune: bool = False,
+    inductor_options: dict[str, Any] | None = None,
 ) -> Any:
     """``greedy_step`` compiled once for fixed shapes (CUDA graphs on a GPU); call it like ``greedy_step``.
 
@@ -59,12 +60,13 @@ def compile_greedy_step(
     e.g. ``{"int8_linear": "triton"}`` for the hand-written int8 GEMV. ``cudagraphs``: Inductor's own
     CUDA graph per call (default: on a GPU); ``GraphedGreedySteps`` turns it off and records its own.
     ``max_autotune``: Inductor also benchmarks Triton matmul templates against cuBLAS (slower compile;
-    matters for several rows per step, as 1-row products are reductions already).
+    matters for several rows per step, as 1-row products are reductions already). ``inductor_options``:
+    more ``torch._inductor.config`` settings for experiments (e.g. ``{"combo_kernels": True}``).
     """
     cuda = torch.device(device).type == "cuda"
     graphs = cuda if cudagraphs is None else cudagraphs
     options = {"triton.cudagraphs": graphs, "coordinate_descent_tuning": tune, "max_autotune": max_autotune}
-    options = options if backend == "inductor" else None
+    options = {**options, **(inductor_options or {})} if backend == "inductor" else None
     compiled = torch.compile(greedy_step, backend=backend, fullgraph=True, dynamic=False, options=options)
     choices = {**(FUSABLE if inductor_kernels else {}), **(prefer or {})}
 
