@@ -71,7 +71,7 @@ def test_k_steps_per_graph_match_recomputation(k, new) -> None:
     prompt = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(8))
     ref = generate(model, prompt, new, temperature=0.0, use_cache=False)
     c = model.config
-    cache = StaticCache(2, 4 + new + k, c.n_layers, c.n_kv_heads, c.head_dim)
+    cache = StaticCache(2, 4 + k * -(-(new - 1) // k), c.n_layers, c.n_kv_heads, c.head_dim)  # just enough
     torch._dynamo.reset()
     step = compile_greedy_step("cpu", backend="aot_eager", cudagraphs=False)
     graphed = GraphedGreedySteps(model, cache, k, step)
@@ -87,12 +87,15 @@ def test_k_steps_per_graph_errors() -> None:
 
     model = tiny_model().float()
     c = model.config
-    cache = StaticCache(1, 10, c.n_layers, c.n_kv_heads, c.head_dim)
+    cache = StaticCache(1, 11, c.n_layers, c.n_kv_heads, c.head_dim)
     with pytest.raises(ValueError, match="at least 1"):
         GraphedGreedySteps(model, cache, 0, greedy_step)
     graphed = GraphedGreedySteps(model, cache, 4, greedy_step)
-    with pytest.raises(ValueError, match="needs 13 cache positions, the cache has 10"):
+    with pytest.raises(ValueError, match="needs 12 cache positions, the cache has 11"):
         list(graphed_greedy_stream(model, torch.zeros(1, 4, dtype=torch.long), 6, graphed))
+    prompt = torch.randint(0, 97, (1, 3), generator=torch.Generator().manual_seed(9))
+    ref = generate(model, prompt, 9, temperature=0.0, use_cache=False)[0, 3:]  # exactly fills 3 + 2 * 4
+    assert torch.equal(torch.cat(list(graphed_greedy_stream(model, prompt, 9, graphed))), ref)
     prompt = torch.randint(0, 97, (1, 3), generator=torch.Generator().manual_seed(9))
     ref = generate(model, prompt, 7, temperature=0.0, use_cache=False)[0, 3:]
     assert torch.equal(torch.cat(list(fast_greedy(model, prompt, 7, steps_per_graph=3))), ref)

@@ -144,13 +144,13 @@ def graphed_greedy_stream(
     model: Any, input_ids: torch.Tensor, max_new_tokens: int, graphed: GraphedGreedySteps
 ) -> Iterator[torch.Tensor]:
     """Like ``fast_greedy_stream``, ``graphed.k`` tokens per replay; the cache needs room for
-    ``P + 1 + k * ceil((max_new_tokens - 1) / k)`` positions (the last replay may run past the end)."""
+    ``P + k * ceil((max_new_tokens - 1) / k)`` positions (the last replay may run past the end)."""
     cache, k = graphed.cache, graphed.k
     replays = -(-(max_new_tokens - 1) // k)
-    if input_ids.shape[1] + 1 + replays * k > cache.max_seq_len:
+    if input_ids.shape[1] + replays * k > cache.max_seq_len:
         raise ValueError(
             f"prompt of {input_ids.shape[1]} tokens + {max_new_tokens} new in steps of {k} needs "
-            f"{input_ids.shape[1] + 1 + replays * k} cache positions, the cache has {cache.max_seq_len}"
+            f"{input_ids.shape[1] + replays * k} cache positions, the cache has {cache.max_seq_len}"
         )
     cache.reset()
     nxt = model(input_ids, cache=cache).logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
