@@ -25,8 +25,9 @@ def int8_linear_reference(
 ) -> torch.Tensor:
     """``F.linear(x, weight.to(x.dtype)) * scale (+ bias)``; ``x`` (..., K), ``weight`` int8 (N, K)."""
     if torch.compiler.is_compiling() and x.numel() // x.shape[-1] <= 8:
-        y = (x.unsqueeze(-2).float() * weight.float()).sum(-1) * scale.float()
-        return (y + bias.float() if bias is not None else y).to(x.dtype)
+        acc = torch.promote_types(x.dtype, torch.float32)  # float32 at least
+        y = (x.unsqueeze(-2).to(acc) * weight.to(acc)).sum(-1) * scale.to(acc)
+        return (y + bias.to(acc) if bias is not None else y).to(x.dtype)
     y = F.linear(x, weight.to(x.dtype)) * scale.to(x.dtype)
     return y + bias if bias is not None else y
 

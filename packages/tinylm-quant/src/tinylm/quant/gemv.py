@@ -2,10 +2,12 @@
 
 torchao computes the quantization (``Int8WeightOnlyConfig``: symmetric int8, one scale per output row);
 each quantized ``nn.Linear`` is then replaced by an ``Int8GemvLinear`` holding the same int8 values and
-scales as plain buffers, whose forward is the ``int8_linear`` op of tinylm-kernels: a Triton GEMV that
-reads the weight once as int8 for decode (<= 16 rows) on CUDA, ``F.linear`` on the dequantized weight
-elsewhere. The numbers equal ``int8_weight_only``'s up to float rounding (tested). Why: at batch 1 a decode
-step is memory-bound, so int8 can only beat bf16 if the dequantization is fused into the GEMV.
+scales as plain buffers, whose forward is the ``int8_linear`` op of tinylm-kernels, its backend chosen per
+call: a Triton GEMV that reads the weight once as int8 for decode (<= 16 rows) on CUDA, ``F.linear`` on
+the dequantized weight elsewhere, and under ``torch.compile`` with the ``torch`` backend (the fast
+decoder's choice) a reduction over int8 loads that Inductor generates. The numbers equal
+``int8_weight_only``'s up to float rounding (tested). Why: at batch 1 a decode step is memory-bound, so int8
+can only beat bf16 if the dequantization is fused into the GEMV.
 """
 
 from __future__ import annotations
