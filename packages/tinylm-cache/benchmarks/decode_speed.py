@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 from gpu_bench import MODELS, build
-from plain_decode_loop import PlainLlamaDecoder, decode_one
+from plain_decode_loop import PlainLlamaDecoder, decode_one, plain_greedy_generate
 
 from tinylm.cache.fast_decode import (
     GraphedGreedySteps,
@@ -67,21 +67,22 @@ def parse_options(spec: str) -> dict:
     return out
 
 
+def static_cache(model, ids, args, attention: str = "sdpa", extra: int = 0) -> StaticCache:
+    """A static cache for ``ids`` + ``--new-tokens`` (+ ``extra``) positions, its buffers marked static."""
+    b, p = ids.shape
+    c = StaticCache(b, p + args.new_tokens + extra, device=ids.device, dtype=next(model.parameters()).dtype,
+                    decode_attention=attention, **model_cache_shape(model.config))  # fmt: skip
+    c.mark_static_addresses()
+    return c
+
+
 def variants(model, ids, args) -> list[tuple[str, object]]:
     """(label, run(n) -> tokens) for every row of one workload; compilation happens on first use."""
     b, p = ids.shape
-    shape = model_cache_shape(model.config)
-    dev, dt = ids.device, next(model.parameters()).dtype
-
-    def static_cache(attention="sdpa", extra=0):
-        c = StaticCache(b, p + args.new_tokens + extra, device=dev, dtype=dt, decode_attention=attention,
-                        **shape)  # fmt: skip
-        c.mark_static_addresses()
-        return c
-
+    dev = ids.device
     out = []
     if "previous" not in args.skip:
-        cache0 = static_cache()
+        cache0 = static_cache(model, ids, args)
         old = torch.compile(decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
         prev = lambda n: static_greedy_generate(model, ids, n, old, cache0)  # noqa: E731
         out.append(("static+compile (previous)", prev))
@@ -101,25 +102,16 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
     ]:
         if key in args.skip:
             continue
-        cache, step = static_cache("math" if key == "math" else "sdpa"), compile_greedy_step(dev, **kw)
+        cache = static_cache(model, ids, args, "math" if key == "math" else "sdpa")
+        step = compile_greedy_step(dev, **kw)
         out.append((label, lambda n, m=m, c=cache, s=step: fast_greedy_generate(m, ids, n, s, c)))
     dec = PlainLlamaDecoder(model, b, p + args.new_tokens)
     plain = torch.compile(decode_one, mode="reduce-overhead", fullgraph=True)
-
-    @torch.no_grad()
-    def plain_run(n):
-        nxt = dec(ids, torch.arange(p, device=dev))[:, -1].argmax(-1, keepdim=True)
-        toks, pos = [nxt], torch.tensor([p], device=dev)
-        for _ in range(n - 1):
-            nxt = plain(dec, nxt, pos).clone()  # a CUDA-graph output is overwritten by the next replay
-            pos = pos + 1
-            toks.append(nxt)
-        return torch.cat([ids, *toks], dim=1)
-
+    plain_run = torch.no_grad()(lambda n: plain_greedy_generate(dec, plain, ids, n))
     out.append(("plain loop+compile (gpt-fast style)", plain_run))
     # last: a failed capture must not cost the other rows
     for k in args.graph_steps:  # k steps per CUDA-graph replay: one step per Inductor graph, our own capture
-        c = static_cache(args.decode_attention, extra=k)
+        c = static_cache(model, ids, args, args.decode_attention, extra=k)
         g = GraphedGreedySteps(fused, c, k, compile_greedy_step(dev, cudagraphs=False))
 
         def graphed_run(n, g=g):
@@ -135,7 +127,6 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
 def quant_variants(model, ids, args) -> list[tuple[str, object]]:
     from tinylm.quant import quantize
 
-    b, p = ids.shape
     out = []
     # (scheme, hand-written kernel): the int8 GEMV scheme runs twice, with int8_linear's torch backend
     # (the default of the fast decoder: compiled, a reduction over int8 loads that Inductor generates and
@@ -147,10 +138,7 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
         fuse_projections(m)
         if scheme != "none":
             quantize(m, scheme)
-        shape = model_cache_shape(model.config)
-        c = StaticCache(b, p + args.new_tokens, device=ids.device, dtype=torch.bfloat16,
-                        decode_attention=args.decode_attention, **shape)  # fmt: skip
-        c.mark_static_addresses()
+        c = static_cache(model, ids, args, args.decode_attention)
         prefer = {"int8_linear": "triton"} if triton_gemv else {}
         step = compile_greedy_step(ids.device, prefer=prefer)
         label = f"fast+fused {'bf16' if scheme == 'none' else scheme}, {args.decode_attention} attention"

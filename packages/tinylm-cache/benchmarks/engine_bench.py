@@ -12,7 +12,7 @@ KV slots over allocated slots, sampled after every engine step: ``waste`` weight
 allocated slots, ``waste_step_mean`` is the plain mean over steps. ``paged_waste`` repeats the waste
 measurement alone (any device, any model: it depends only on lengths and scheduling).
 ``paged_kernel_speed`` times the paged decode kernel against the gather + SDPA reference. Only these parts
-(estimated, not yet measured: about 3 minutes on an H100), from the repository root::
+(the engine part took ~150 s on an H200, BENCHMARKS 7c), from the repository root::
 
     PYTHONPATH=$(ls -d packages/*/src | paste -sd:) \
         python3 packages/tinylm-cache/benchmarks/gpu_bench.py --skip decode quant c2c --out $OUT

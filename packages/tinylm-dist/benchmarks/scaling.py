@@ -108,7 +108,8 @@ def worker(args: argparse.Namespace) -> None:
         options.update(param_dtype="bfloat16", reduce_dtype="float32")
     # ddp_nosync: DDP replicas that never all-reduce their gradients (every micro-batch under no_sync): the
     # same processes, model and data as ddp minus its communication, to tell that cost from the host's
-    strategy = build_strategy(args.strategy.removesuffix("_nosync"), args.device, **options)
+    nosync = args.strategy == "ddp_nosync"
+    strategy = build_strategy("ddp" if nosync else args.strategy, args.device, **options)
     rank, world, device = strategy.rank, strategy.world_size, strategy.device
     matmul_tflops = measure_matmul_tflops(device, torch.bfloat16 if cuda else torch.float32)
     cfg = ModelConfig.from_preset(args.preset, vocab_size=VOCAB if cuda else 512, max_seq_len=args.seq_len)
@@ -137,8 +138,7 @@ def worker(args: argparse.Namespace) -> None:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
         t0 = time.perf_counter()
-        no_comm = args.strategy.endswith("_nosync") and world > 1
-        with trainer.train_model.no_sync() if no_comm else contextlib.nullcontext():
+        with trainer.train_model.no_sync() if nosync and world > 1 else contextlib.nullcontext():
             stats = trainer.train_step()
         if cuda:
             end.record()
@@ -230,7 +230,7 @@ def check_losses(rows: list[dict], tolerance: float = 0.02) -> str:
     compared with each other for information only.
     """
     # replicas without gradient sync (ddp_nosync) are not the same training: left out
-    ok = [r for r in rows if "error" not in r and not r["strategy"].endswith("_nosync")]
+    ok = [r for r in rows if "error" not in r and r["strategy"] != "ddp_nosync"]
     if not ok:
         return "loss check: no successful runs"
     lines = []
@@ -311,14 +311,15 @@ def main(argv: list[str] | None = None) -> None:
     if available == 0:
         raise SystemExit("no CUDA device: run with --device cpu for a smoke test")
     counts = gpu_counts(args.gpus, available)
-    lcm = args.micro_batches or math.lcm(*counts)
-    if any(lcm % n for n in counts):
-        raise SystemExit(f"--micro-batches {lcm} must be a multiple of every GPU count {counts}")
+    micro_batches = args.micro_batches or math.lcm(*counts)
+    if any(micro_batches % n for n in counts):
+        raise SystemExit(f"--micro-batches {micro_batches} must be a multiple of every GPU count {counts}")
     bad = sorted(set(args.strategies.split(",")) - {"ddp", "fsdp2", "ddp_nosync"})
     if bad:
         raise SystemExit(f"--strategies: unknown {bad}; allowed: ddp, fsdp2, ddp_nosync")
     runs = [(p, s, n) for p in args.presets.split(",") for s in args.strategies.split(",") for n in counts]
-    print(f"{len(runs)} runs, GPU counts {counts}, global batch {args.micro_batch * lcm} x {args.seq_len}")
+    global_seqs = args.micro_batch * micro_batches
+    print(f"{len(runs)} runs, GPU counts {counts}, global batch {global_seqs} x {args.seq_len}")
     rows = []
     t0 = time.perf_counter()
     # --launches > 1: the runs are repeated in rounds (1, 2, 4, 1, 2, 4, ...) so a slow phase of the host
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     tries: dict[tuple[str, str, int], list[dict]] = {}
     for round_ in range(args.launches):
         for i, (preset, strategy, n) in enumerate(runs, 1):
-            row = launch(args, preset, strategy, n, lcm // n, out)
+            row = launch(args, preset, strategy, n, micro_batches // n, out)
             tries.setdefault((preset, strategy, n), []).append(row)
             status = row.get("error", f"{row.get('tokens_per_s', 0):,.0f} tok/s")[:200]
             print(f"[{round_ + 1}.{i}/{len(runs)}] {preset} {strategy} x{n}: {status} "
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     summarise(rows)
     env = collect_environment(args.device, repo=Path(__file__).resolve().parent)  # after the runs: no context
     meta = {"command": " ".join(sys.argv), "environment": env, "gpu_counts": counts,
-            "global_batch_seqs": args.micro_batch * lcm, "total_s": time.perf_counter() - t0}  # fmt: skip
+            "global_batch_seqs": global_seqs, "total_s": time.perf_counter() - t0}  # fmt: skip
     (out / "scaling.json").write_text(json.dumps({"meta": meta, "runs": rows}, indent=2))
     has_png = plot(rows, out / "scaling.png")
     device = next((r["device"] for r in rows if "device" in r), "?")

@@ -18,13 +18,15 @@ import torch.nn.functional as F
 
 from tinylm.kernels.registry import dispatch, register_backend
 
+REDUCTION_MAX_ROWS = 8  # compiled, up to this many rows the torch backend is a reduction (more: F.linear)
+
 
 @register_backend("int8_linear", "torch")
 def int8_linear_reference(
     x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """``F.linear(x, weight.to(x.dtype)) * scale (+ bias)``; ``x`` (..., K), ``weight`` int8 (N, K)."""
-    if torch.compiler.is_compiling() and x.numel() // x.shape[-1] <= 8:
+    if torch.compiler.is_compiling() and x.numel() // x.shape[-1] <= REDUCTION_MAX_ROWS:
         acc = torch.promote_types(x.dtype, torch.float32)  # float32 at least
         y = (x.unsqueeze(-2).to(acc) * weight.to(acc)).sum(-1) * scale.to(acc)
         return (y + bias.to(acc) if bias is not None else y).to(x.dtype)
