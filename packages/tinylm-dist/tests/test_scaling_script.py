@@ -7,15 +7,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tinylm.dist.distributed import TORCHRUN_VARS
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scaling.py"
 
 
 def test_ddp_matches_across_process_counts_and_nosync_really_skips_the_all_reduce(tmp_path):
     args = "--device cpu --gpus 1,2 --presets tiny --steps 2 --warmup 1 --strategies ddp,ddp_nosync"
+    args += " --timeout 300"
     cmd = [sys.executable, str(SCRIPT), *args.split(), "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}  # torchrun sets its own
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = json.loads((tmp_path / "scaling.json").read_text())["runs"]
+    failed = [(r["strategy"], r["gpus"], r["error"][-1500:]) for r in runs if "error" in r]
+    assert not failed, failed
     loss = {(r["strategy"], r["gpus"]): r["final_loss"] for r in runs}
     assert set(loss) == {("ddp", 1), ("ddp", 2), ("ddp_nosync", 1), ("ddp_nosync", 2)}
     assert abs(loss["ddp", 1] - loss["ddp", 2]) < 1e-4  # same global batch, same training
