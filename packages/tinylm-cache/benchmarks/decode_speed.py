@@ -67,6 +67,11 @@ def parse_options(spec: str) -> dict:
     return out
 
 
+def options_label(args) -> str:
+    """The ``--fast-options`` part of a row label (empty without them)."""
+    return f", inductor {args.fast_options}" if args.fast_options else ""
+
+
 def static_cache(model, ids, args, attention: str = "sdpa", extra: int = 0) -> StaticCache:
     """A static cache for ``ids`` + ``--new-tokens`` (+ ``extra``) positions, its buffers marked static."""
     b, p = ids.shape
@@ -112,7 +117,8 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
     # last: a failed capture must not cost the other rows
     for k in args.graph_steps:  # k steps per CUDA-graph replay: one step per Inductor graph, our own capture
         c = static_cache(model, ids, args, args.decode_attention, extra=k)
-        g = GraphedGreedySteps(fused, c, k, compile_greedy_step(dev, cudagraphs=False))
+        step = compile_greedy_step(dev, cudagraphs=False, inductor_options=parse_options(args.fast_options))
+        g = GraphedGreedySteps(fused, c, k, step)
 
         def graphed_run(n, g=g):
             if g.graph is None:
@@ -120,7 +126,8 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
             return torch.cat([ids, *(t[:, None] for t in graphed_greedy_stream(fused, ids, n, g))], dim=1)
 
         graphed_run.steps_per_call = k
-        out.append((f"fast+fused, {args.decode_attention} attention, {k} steps per CUDA graph", graphed_run))
+        label = f"fast+fused, {args.decode_attention} attention{options_label(args)}, {k} steps per CUDA graph"
+        out.append((label, graphed_run))
     return out
 
 
@@ -140,8 +147,9 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
             quantize(m, scheme)
         c = static_cache(model, ids, args, args.decode_attention)
         prefer = {"int8_linear": "triton"} if triton_gemv else {}
-        step = compile_greedy_step(ids.device, prefer=prefer)
+        step = compile_greedy_step(ids.device, prefer=prefer, inductor_options=parse_options(args.fast_options))
         label = f"fast+fused {'bf16' if scheme == 'none' else scheme}, {args.decode_attention} attention"
+        label += options_label(args)
         label += " (Triton GEMV)" if triton_gemv else ""
         out.append((label, lambda n, m=m, c=c, s=step: fast_greedy_generate(m, ids, n, s, c)))
     return out
@@ -169,6 +177,11 @@ def main() -> None:
         action="append",
         default=[],
         help="a row with these Inductor settings, e.g. 'combo_kernels=True' (repeatable)",
+    )
+    ap.add_argument(
+        "--fast-options",
+        default="",
+        help="Inductor settings for the --graph-steps and --quant rows, e.g. 'combo_kernels=True'",
     )
     ap.add_argument("--graph-steps", default="", help="rows with k steps per CUDA graph, e.g. 8,32")
     ap.add_argument("--profile", default="", help="kernel table for rows whose label contains this text")

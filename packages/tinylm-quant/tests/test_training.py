@@ -37,7 +37,7 @@ def test_prepare_and_finish_for_qat(tiny, ids, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not FLOAT8, reason="needs a CUDA GPU with float8 (sm89+)")
 def test_float8_training_step_on_gpu(tiny):
-    from torchao.float8 import Float8Linear
+    from torchao.float8.float8_linear import Float8Linear
 
     model = tiny(dim=128, n_heads=4, hidden_dim=256).cuda().train()
     convert_to_float8_training(model)

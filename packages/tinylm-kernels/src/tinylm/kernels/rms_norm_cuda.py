@@ -130,7 +130,9 @@ def _ensure_built() -> bool:
     return True
 
 
-@register_backend("rms_norm", "cuda", available=is_available, why_unavailable=why_unavailable)
+@register_backend(
+    "rms_norm", "cuda", available=is_available, why_unavailable=why_unavailable, device_types=("cuda",)
+)
 def rms_norm_cuda(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
     """RMSNorm over the last dimension with the CUDA kernels (see the module docstring for the fallbacks)."""
     if not supports(x, weight):
