@@ -116,6 +116,43 @@ def test_triton_rotates_non_leaves_in_place_and_leaves_leaves_alone(device):
     torch.testing.assert_close(q_leaf.detach(), q_leaf_before)  # a leaf that requires grad is never written
 
 
+class _ViewInFunction(torch.autograd.Function):
+    """Returns a view of its input made inside the Function, as torchao's float8 linear does."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:
+        return g
+
+
+@pytest.mark.triton
+@needs_triton
+@pytest.mark.parametrize("make", ["custom_function", "split"])
+def test_triton_copies_views_autograd_forbids_writing(device, make):
+    """Views made in a custom Function or by split are rotated out of place, with correct gradients."""
+    cos, sin = (t.to(device, torch.float32) for t in rope_tables(1, 5, 8))
+    g = torch.Generator().manual_seed(3)
+    src = torch.randn(1, 5, 2 * 16, generator=g).to(device).requires_grad_()
+    if make == "custom_function":
+        q = _ViewInFunction.apply(src * 1)[..., :16].reshape(1, 5, 2, 8).transpose(1, 2)
+        k = _ViewInFunction.apply(src * 1)[..., 16:].reshape(1, 5, 2, 8).transpose(1, 2)
+    else:
+        q, k = (t.reshape(1, 5, 2, 8).transpose(1, 2) for t in (src * 1).split(16, dim=-1))
+    q_out, k_out = apply_rope(q, k, cos, sin, backend="triton")
+    ref_q, ref_k = apply_rope_reference(q.detach(), k.detach(), cos, sin)
+    torch.testing.assert_close(q_out, ref_q)
+    torch.testing.assert_close(k_out, ref_k)
+    (grad,) = torch.autograd.grad((q_out * ref_q).sum() + (k_out * ref_k).sum(), src)
+    src64 = src.detach().double().requires_grad_()
+    q64, k64 = (t.reshape(1, 5, 2, 8).transpose(1, 2) for t in src64.split(16, dim=-1))
+    r_q, r_k = apply_rope_reference(q64, k64, cos.double(), sin.double())
+    (grad64,) = torch.autograd.grad((r_q * ref_q.double()).sum() + (r_k * ref_k.double()).sum(), src64)
+    torch.testing.assert_close(grad.double(), grad64, rtol=1e-5, atol=1e-5)
+
+
 def test_strided_views_of_a_fused_projection_and_shared_q_k(backend, device, assert_close_f64):
     """q and k as transposed views of one projection output (the usual attention layout), and q is k."""
     cos, sin = (t.to(device, torch.float32) for t in rope_tables(2, 5, 8))

@@ -106,8 +106,21 @@ def _non_overlapping(t: torch.Tensor) -> bool:
     return True
 
 
+def _autograd_lets_write(t: torch.Tensor) -> bool:
+    """False for a tensor autograd forbids changing in place: a leaf that requires grad, or a view made
+    inside a custom Function (torchao's float8 linear returns one) or by a multi-output op (``split``)."""
+    if not t.requires_grad:
+        return True
+    if t.is_leaf:
+        return False
+    if torch.compiler.is_compiling() or not t._is_view():
+        return True
+    meta = torch._C._autograd._get_creation_meta(t)
+    return meta == torch._C._autograd.CreationMeta.DEFAULT
+
+
 def _writable(t: torch.Tensor) -> bool:
-    return not (t.is_leaf and t.requires_grad) and _non_overlapping(t)
+    return _autograd_lets_write(t) and _non_overlapping(t)
 
 
 class RoPEFunction(torch.autograd.Function):
