@@ -25,6 +25,7 @@ import argparse
 import ast
 import copy
 import json
+import statistics
 import sys
 import time
 import traceback
@@ -53,6 +54,34 @@ def rate(run, batch: int, n: int, repeats: int, device: str) -> dict:
     steps = lambda m: k * -(-(m - 1) // k)  # noqa: E731  (decode steps executed for m tokens)
     step_ms = (full - two) / (steps(n) - steps(2))
     return {"tokens_per_s": batch * 1e3 / step_ms, "step_us": step_ms * 1e3, "prefill_ms": two}
+
+
+def interleaved_rounds(timed: list[tuple[dict, object]], batch: int, args, device: str) -> None:
+    """``--rounds`` > 1: time every row of a workload again, row after row, ``rounds - 1`` more times.
+
+    A drift of the card (clocks, heat) then touches every row alike, so the per-round ratio to the
+    workload's first row is a paired comparison. Each row's tok/s becomes the median over rounds.
+    """
+    if args.rounds < 2 or not timed:
+        return
+    for row, _ in timed:
+        row["rounds_tokens_per_s"] = [row["tokens_per_s"]]
+    for r in range(1, args.rounds):
+        for row, run in timed:
+            with torch.no_grad():
+                row["rounds_tokens_per_s"].append(
+                    rate(run, batch, args.new_tokens, args.repeats, device)["tokens_per_s"]
+                )
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{x['rounds_tokens_per_s'][-1]:,.0f}" for x, _ in timed),
+            flush=True,
+        )
+    first = timed[0][0]["rounds_tokens_per_s"]
+    for row, _ in timed:
+        row["tokens_per_s"] = statistics.median(row["rounds_tokens_per_s"])
+        row["step_us"] = batch * 1e6 / row["tokens_per_s"]
+        row["vs_first_row_rounds"] = [a / b for a, b in zip(row["rounds_tokens_per_s"], first, strict=True)]
 
 
 def parse_options(spec: str) -> dict:
@@ -126,7 +155,9 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
             return torch.cat([ids, *(t[:, None] for t in graphed_greedy_stream(fused, ids, n, g))], dim=1)
 
         graphed_run.steps_per_call = k
-        label = f"fast+fused, {args.decode_attention} attention{options_label(args)}, {k} steps per CUDA graph"
+        label = (
+            f"fast+fused, {args.decode_attention} attention{options_label(args)}, {k} steps per CUDA graph"
+        )
         out.append((label, graphed_run))
     return out
 
@@ -147,7 +178,9 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
             quantize(m, scheme)
         c = static_cache(model, ids, args, args.decode_attention)
         prefer = {"int8_linear": "triton"} if triton_gemv else {}
-        step = compile_greedy_step(ids.device, prefer=prefer, inductor_options=parse_options(args.fast_options))
+        step = compile_greedy_step(
+            ids.device, prefer=prefer, inductor_options=parse_options(args.fast_options)
+        )
         label = f"fast+fused {'bf16' if scheme == 'none' else scheme}, {args.decode_attention} attention"
         label += options_label(args)
         label += " (Triton GEMV)" if triton_gemv else ""
@@ -183,6 +216,12 @@ def main() -> None:
         default="",
         help="Inductor settings for the --graph-steps and --quant rows, e.g. 'combo_kernels=True'",
     )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time every row this many times, rows interleaved (paired ratios to the first row)",
+    )
     ap.add_argument("--graph-steps", default="", help="rows with k steps per CUDA graph, e.g. 8,32")
     ap.add_argument("--profile", default="", help="kernel table for rows whose label contains this text")
     args = ap.parse_args()
@@ -204,6 +243,7 @@ def main() -> None:
                             generator=torch.Generator(dev).manual_seed(0))  # fmt: skip
         with torch.no_grad():
             ref = static_greedy_generate(model, ids, args.new_tokens)  # eager static: the token oracle
+        timed = []
         for label, run in (variants if kind == "decode" else quant_variants)(model, ids, args):
             row = {"model": name, "batch": batch, "row": label}
             t0 = time.perf_counter()
@@ -222,7 +262,9 @@ def main() -> None:
                 traceback.print_exc()
                 row["error"] = repr(e)[:300]
             rows.append(row)
+            timed.append((row, run)) if "error" not in row else None
             print(json.dumps(row), flush=True)
+        interleaved_rounds(timed, batch, args, dev.type)
     for r in rows:
         base = next((q for q in rows if q["model"] == r["model"] and q["batch"] == r["batch"]
                      and q["row"].startswith("plain") and "tokens_per_s" in q), None)  # fmt: skip
@@ -241,6 +283,16 @@ def main() -> None:
         print(f"| {r['model']} | {r['batch']} | {r['row']} | {r['tokens_per_s']:,.0f} | {r['step_us']:.0f} | "
               f"{r.get('vs_plain_loop', float('nan')):.2f}x | {r['agreement_vs_eager_static']:.3f} | "
               f"{r['compile_s']:.1f} |")  # fmt: skip
+    paired = [r for r in rows if "vs_first_row_rounds" in r]
+    if paired:
+        print(f"\n### paired per round ({args.rounds} rounds): each row / its workload's first row\n")
+        print("| model | batch | row | tok/s per round | ratio median | ratio min-max |")
+        print("|---|---:|---|---|---:|---|")
+        for r in paired:
+            v = r["vs_first_row_rounds"]
+            per_round = ", ".join(f"{x:,.0f}" for x in r["rounds_tokens_per_s"])
+            print(f"| {r['model']} | {r['batch']} | {r['row']} | {per_round} | "
+                  f"{statistics.median(v):.2f}x | {min(v):.2f}-{max(v):.2f}x |")  # fmt: skip
     try:
         import matplotlib
 

@@ -15,7 +15,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.slow
 def test_every_row_runs_and_agrees_with_the_eager_decoder(tmp_path):
     args = ("--device cpu --workloads quick:1 --new-tokens 6 --repeats 1 --graph-steps 4 "
-            "--decode-attention math --skip notune,opaque,fast,autotune")  # fmt: skip
+            "--decode-attention math --skip notune,opaque,fast,autotune --rounds 2 "
+            "--fast-options combo_kernels=True")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, str(BENCH / "decode_speed.py"), *args.split(), "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
@@ -24,8 +25,12 @@ def test_every_row_runs_and_agrees_with_the_eager_decoder(tmp_path):
     labels = [r["row"] for r in rows]
     assert labels == [
         "static+compile (previous)", "fast+fused", "fast+fused, math decode attention",
-        "plain loop+compile (gpt-fast style)", "fast+fused, math attention, 4 steps per CUDA graph",
+        "plain loop+compile (gpt-fast style)",
+        "fast+fused, math attention, inductor combo_kernels=True, 4 steps per CUDA graph",
     ]  # fmt: skip
     for r in rows:
         assert "error" not in r, r
         assert r["agreement_vs_eager_static"] == 1.0 and "tokens_per_s" in r, r  # timings: not checked
+        assert len(r["rounds_tokens_per_s"]) == 2 and len(r["vs_first_row_rounds"]) == 2, r
+    assert rows[0]["vs_first_row_rounds"] == [1.0, 1.0]
+    assert "paired per round (2 rounds)" in proc.stdout
