@@ -15,7 +15,10 @@ step with argmax in one graph, Inductor-visible kernels, coordinate-descent tuni
 ``--graph-steps``: ``k`` steps of the fused model per CUDA-graph replay (``GraphedGreedySteps``), two
 ablations, and ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
 ``--quant``: the fused fast decoder on the model quantized with each scheme (tinylm-quant), against the
-bf16 fused fast row. Every row's tokens are checked against the eager static decoder of the same model.
+bf16 fused fast row. ``--fast-options``: Inductor settings for the k-steps and quant rows. ``--rounds R``:
+every row timed R times, rows interleaved, with per-round ratios to the workload's first row (the card's
+speed drifts by 15-25% within one process on the lent H100s, so compare rows round by round).
+Every row's tokens are checked against the eager static decoder of the same model.
 Output: a markdown table, decode_speed.json and decode_speed.png in --out.
 """
 
