@@ -12,6 +12,7 @@ one CUDA graph per token (tinylm.cache.fast_decode). Errors are one line on stde
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from pathlib import Path
 
@@ -45,10 +46,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quant", default="none", help=f"quantization scheme: {', '.join(SCHEMES)}")
     p.add_argument("--engine", metavar="FILE", help="serve each line of FILE through the batching engine")
     p.add_argument("--fast", action="store_true", help="fast greedy decoding (with --temperature 0)")
+    p.add_argument(
+        "--steps-per-graph", type=int, default=1, help="--fast: greedy steps per CUDA-graph replay"
+    )
+    p.add_argument(
+        "--inductor-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="--fast: a torch._inductor.config setting, e.g. combo_kernels=True (repeatable)",
+    )
     media = p.add_mutually_exclusive_group()  # captioners (tinylm-mm): --ckpt <train run dir>/captioner
     media.add_argument("--image", help="caption this image file (greedy) with a tinylm-mm captioner")
     media.add_argument("--audio", help="caption this WAV file (greedy) with a tinylm-mm captioner")
     return p.parse_args(argv)
+
+
+def inductor_options(items: list[str]) -> dict:
+    """``["combo_kernels=True", "triton.enable_pdl=True"]`` -> a dict; values are Python literals."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--inductor-option takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(
+                f"--inductor-option {key}: {value!r} is not a Python literal (True, 4, 'x')"
+            ) from None
+    return out
 
 
 def resolve_checkpoint(name: str) -> Path:
@@ -104,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
             args.cache, config=model.config, batch_size=1, max_seq_len=len(ids) + args.max_new_tokens,
             device=device, dtype=next(model.parameters()).dtype,
         )  # fmt: skip
-        steps = fast_greedy(model, torch.tensor([ids]), args.max_new_tokens) if args.fast else stream(
+        if not args.fast and (args.steps_per_graph != 1 or args.inductor_option):
+            raise ValueError("--steps-per-graph and --inductor-option apply to --fast decoding only")
+        fast = dict(
+            steps_per_graph=args.steps_per_graph, inductor_options=inductor_options(args.inductor_option)
+        )
+        steps = fast_greedy(model, torch.tensor([ids]), args.max_new_tokens, **fast) if args.fast else stream(
             model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_tokens=[tok.eos_id],
             pad_id=tok.pad_id, generator=generator, cache=cache,

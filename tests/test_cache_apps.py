@@ -59,3 +59,23 @@ def test_fast_decoding_gives_the_standard_greedy_text(capsys):
     assert capsys.readouterr().out == standard
     assert infer.main([*GREEDY, "--temperature", "0.8", "--fast"]) == 2
     assert "--fast decodes greedily" in capsys.readouterr().err
+
+
+def test_fast_decoding_options(capsys):
+    infer = load_infer()
+    assert infer.main(GREEDY) == 0
+    standard = capsys.readouterr().out
+    assert (
+        infer.main([*GREEDY, "--fast", "--steps-per-graph", "5", "--inductor-option", "combo_kernels=True"])
+        == 0
+    )
+    assert capsys.readouterr().out == standard
+    for bad, says in [
+        (["--steps-per-graph", "4"], "apply to --fast decoding only"),
+        (["--fast", "--steps-per-graph", "0"], "steps_per_graph must be >= 1"),
+        (["--fast", "--inductor-option", "combo_kernels"], "takes KEY=VALUE, got 'combo_kernels'"),
+        (["--fast", "--inductor-option", "combo_kernels=yes please"], "is not a Python literal"),
+        (["--fast", "--inductor-option", "no_such_setting=1"], "unknown Inductor setting 'no_such_setting'"),
+    ]:
+        assert infer.main([*GREEDY, *bad]) == 2, bad
+        assert says in capsys.readouterr().err, bad

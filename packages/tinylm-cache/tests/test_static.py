@@ -99,6 +99,20 @@ def test_k_steps_per_graph_errors() -> None:
     prompt = torch.randint(0, 97, (1, 3), generator=torch.Generator().manual_seed(9))
     ref = generate(model, prompt, 7, temperature=0.0, use_cache=False)[0, 3:]
     assert torch.equal(torch.cat(list(fast_greedy(model, prompt, 7, steps_per_graph=3))), ref)
+    with pytest.raises(ValueError, match="steps_per_graph must be >= 1, got 0"):
+        fast_greedy(model, prompt, 7, steps_per_graph=0)
+
+
+def test_inductor_options_are_checked_by_name() -> None:
+    from tinylm.cache.fast_decode import check_inductor_options, compile_greedy_step, fast_greedy
+
+    check_inductor_options({"combo_kernels": True, "triton.enable_pdl": True, "coordinate_descent_tuning": 1})
+    for bad in ("combo_kernel", "triton.enable_pld"):
+        with pytest.raises(ValueError, match=f"unknown Inductor setting '{bad}'.*torch._inductor.config"):
+            compile_greedy_step("cpu", inductor_options={bad: True})
+    model = tiny_model().float()
+    with pytest.raises(ValueError, match="unknown Inductor setting 'nope'"):  # checked off a GPU too
+        fast_greedy(model, torch.zeros(1, 3, dtype=torch.long), 4, inductor_options={"nope": 1})
 
 
 def test_math_decode_attention_compiles_and_rejects_unknown_names() -> None:

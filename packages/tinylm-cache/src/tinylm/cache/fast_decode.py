@@ -24,6 +24,7 @@ between tokens; a stop token is seen at most ``k - 1`` tokens late (the extra to
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,6 +41,23 @@ def greedy_step(model: Any, cache: StaticCache, tokens: torch.Tensor) -> torch.T
     """The next tokens ``(B, 1)`` after ``tokens`` ``(B, 1)``, written at the cache's position."""
     positions = cache.position.expand(tokens.shape[0], 1)
     return decode_step(model, cache, tokens, positions)[:, -1].argmax(-1, keepdim=True)
+
+
+def check_inductor_options(options: dict[str, Any] | None) -> None:
+    """Raise ``ValueError`` for a key that is not a ``torch._inductor.config`` setting.
+
+    Nested settings are dotted: ``triton.enable_pdl``.
+    """
+    import torch._inductor.config as inductor_config
+
+    for key in options or {}:
+        try:
+            functools.reduce(getattr, key.split("."), inductor_config)
+        except AttributeError:
+            raise ValueError(
+                f"unknown Inductor setting {key!r}: use a name from torch._inductor.config, e.g. "
+                "'combo_kernels' or 'triton.enable_pdl'"
+            ) from None
 
 
 def compile_greedy_step(
@@ -63,6 +81,7 @@ def compile_greedy_step(
     matters for several rows per step, as 1-row products are reductions already). ``inductor_options``:
     more ``torch._inductor.config`` settings for experiments (e.g. ``{"combo_kernels": True}``).
     """
+    check_inductor_options(inductor_options)
     cuda = torch.device(device).type == "cuda"
     graphs = cuda if cudagraphs is None else cudagraphs
     options = {"triton.cudagraphs": graphs, "coordinate_descent_tuning": tune, "max_autotune": max_autotune}
@@ -196,12 +215,21 @@ def fast_greedy_generate(
 
 
 def fast_greedy(
-    model: Any, input_ids: torch.Tensor, max_new_tokens: int, steps_per_graph: int = 1
+    model: Any,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    steps_per_graph: int = 1,
+    inductor_options: dict[str, Any] | None = None,
 ) -> Iterator[torch.Tensor]:
     """The whole recipe in one call: fuse the projections (unless the model is quantized, which keeps them
     apart), a static cache for ``input_ids`` ``(B, P)`` + ``max_new_tokens``, the compiled step on a GPU
     (the eager ``greedy_step`` elsewhere); yields each new token ``(B,)`` like ``fast_greedy_stream``.
-    ``steps_per_graph`` > 1: that many steps per CUDA-graph replay (``GraphedGreedySteps``)."""
+    ``steps_per_graph`` > 1: that many steps per CUDA-graph replay (``GraphedGreedySteps``; it pays where
+    the host is the bottleneck: small models). ``inductor_options``: as in ``compile_greedy_step`` (e.g.
+    ``{"combo_kernels": True}``, a gain at 110M batch 1 on an H100, BENCHMARKS 7d)."""
+    if steps_per_graph < 1:
+        raise ValueError(f"steps_per_graph must be >= 1, got {steps_per_graph}")
+    check_inductor_options(inductor_options)  # here too: off a GPU the step is not compiled
     try:
         fuse_projections(model)
     except TypeError:
@@ -213,10 +241,15 @@ def fast_greedy(
                         **model_cache_shape(model.config))  # fmt: skip
     cache.mark_static_addresses()
     ids = input_ids.to(param.device)
+    opts = inductor_options
     if k > 1:
-        step = compile_greedy_step(param.device, cudagraphs=False) if cuda else greedy_step
+        step = (
+            compile_greedy_step(param.device, cudagraphs=False, inductor_options=opts)
+            if cuda
+            else greedy_step
+        )
         graphed = GraphedGreedySteps(model, cache, k, step)
         graphed.capture()
         return graphed_greedy_stream(model, ids, max_new_tokens, graphed)
-    step = compile_greedy_step(param.device) if cuda else greedy_step
+    step = compile_greedy_step(param.device, inductor_options=opts) if cuda else greedy_step
     return fast_greedy_stream(model, ids, max_new_tokens, step, cache)
