@@ -12,14 +12,13 @@ one CUDA graph per token (tinylm.cache.fast_decode). Errors are one line on stde
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 from pathlib import Path
 
 import torch
 
 from tinylm.cache import serve_prompts
-from tinylm.cache.fast_decode import fast_greedy
+from tinylm.cache.fast_decode import fast_greedy, parse_inductor_options
 from tinylm.core import CACHES, CheckpointError
 from tinylm.core.data import load_tokenizer
 from tinylm.core.generate import stream
@@ -60,22 +59,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     media.add_argument("--image", help="caption this image file (greedy) with a tinylm-mm captioner")
     media.add_argument("--audio", help="caption this WAV file (greedy) with a tinylm-mm captioner")
     return p.parse_args(argv)
-
-
-def inductor_options(items: list[str]) -> dict:
-    """``["combo_kernels=True", "triton.enable_pdl=True"]`` -> a dict; values are Python literals."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--inductor-option takes KEY=VALUE, got {item!r}")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise ValueError(
-                f"--inductor-option {key}: {value!r} is not a Python literal (True, 4, 'x')"
-            ) from None
-    return out
 
 
 def resolve_checkpoint(name: str) -> Path:
@@ -134,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.fast and (args.steps_per_graph != 1 or args.inductor_option):
             raise ValueError("--steps-per-graph and --inductor-option apply to --fast decoding only")
         fast = dict(
-            steps_per_graph=args.steps_per_graph, inductor_options=inductor_options(args.inductor_option)
+            steps_per_graph=args.steps_per_graph,
+            inductor_options=parse_inductor_options(args.inductor_option),
         )
         steps = fast_greedy(model, torch.tensor([ids]), args.max_new_tokens, **fast) if args.fast else stream(
             model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,

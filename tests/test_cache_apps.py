@@ -73,7 +73,7 @@ def test_fast_decoding_options(capsys):
     for bad, says in [
         (["--steps-per-graph", "4"], "apply to --fast decoding only"),
         (["--fast", "--steps-per-graph", "0"], "steps_per_graph must be >= 1"),
-        (["--fast", "--inductor-option", "combo_kernels"], "takes KEY=VALUE, got 'combo_kernels'"),
+        (["--fast", "--inductor-option", "combo_kernels"], "is KEY=VALUE, got 'combo_kernels'"),
         (["--fast", "--inductor-option", "combo_kernels=yes please"], "is not a Python literal"),
         (["--fast", "--inductor-option", "no_such_setting=1"], "unknown Inductor setting 'no_such_setting'"),
     ]:

@@ -25,7 +25,6 @@ Output: a markdown table, decode_speed.json and decode_speed.png in --out.
 from __future__ import annotations
 
 import argparse
-import ast
 import copy
 import json
 import statistics
@@ -43,6 +42,7 @@ from tinylm.cache.fast_decode import (
     compile_greedy_step,
     fast_greedy_generate,
     graphed_greedy_stream,
+    parse_inductor_options,
 )
 from tinylm.cache.static import StaticCache, decode_step, model_cache_shape, static_greedy_generate
 from tinylm.core.bench.profiling import profiled
@@ -87,18 +87,6 @@ def interleaved_rounds(timed: list[tuple[dict, object]], batch: int, args, devic
         row["vs_first_row_rounds"] = [a / b for a, b in zip(row["rounds_tokens_per_s"], first, strict=True)]
 
 
-def parse_options(spec: str) -> dict:
-    """``a=1;b=True`` -> ``{"a": 1, "b": True}`` (values as Python literals, else strings)."""
-    out = {}
-    for item in filter(None, spec.split(";")):
-        key, _, value = item.partition("=")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
 def options_label(args) -> str:
     """The ``--fast-options`` part of a row label (empty without them)."""
     return f", inductor {args.fast_options}" if args.fast_options else ""
@@ -133,7 +121,12 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
         ("math", "fast+fused, math decode attention", fused, {}),
         ("autotune", "fast+fused, max-autotune matmuls", fused, {"max_autotune": True}),
         *[
-            (f"inductor:{o}", f"fast+fused, inductor {o}", fused, {"inductor_options": parse_options(o)})
+            (
+                f"inductor:{o}",
+                f"fast+fused, inductor {o}",
+                fused,
+                {"inductor_options": parse_inductor_options(o)},
+            )
             for o in args.inductor
         ],
     ]:
@@ -149,7 +142,9 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
     # last: a failed capture must not cost the other rows
     for k in args.graph_steps:  # k steps per CUDA-graph replay: one step per Inductor graph, our own capture
         c = static_cache(model, ids, args, args.decode_attention, extra=k)
-        step = compile_greedy_step(dev, cudagraphs=False, inductor_options=parse_options(args.fast_options))
+        step = compile_greedy_step(
+            dev, cudagraphs=False, inductor_options=parse_inductor_options(args.fast_options)
+        )
         g = GraphedGreedySteps(fused, c, k, step)
 
         def graphed_run(n, g=g):
@@ -182,7 +177,7 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
         c = static_cache(model, ids, args, args.decode_attention)
         prefer = {"int8_linear": "triton"} if triton_gemv else {}
         step = compile_greedy_step(
-            ids.device, prefer=prefer, inductor_options=parse_options(args.fast_options)
+            ids.device, prefer=prefer, inductor_options=parse_inductor_options(args.fast_options)
         )
         label = f"fast+fused {'bf16' if scheme == 'none' else scheme}, {args.decode_attention} attention"
         label += options_label(args)

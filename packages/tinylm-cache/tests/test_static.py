@@ -104,9 +104,21 @@ def test_k_steps_per_graph_errors() -> None:
 
 
 def test_inductor_options_are_checked_by_name() -> None:
-    from tinylm.cache.fast_decode import check_inductor_options, compile_greedy_step, fast_greedy
+    from tinylm.cache.fast_decode import (
+        check_inductor_options,
+        compile_greedy_step,
+        fast_greedy,
+        parse_inductor_options,
+    )
 
     check_inductor_options({"combo_kernels": True, "triton.enable_pdl": True, "coordinate_descent_tuning": 1})
+    assert parse_inductor_options("combo_kernels=True;triton.enable_pdl=True;;") == {
+        "combo_kernels": True,
+        "triton.enable_pdl": True,
+    }
+    assert parse_inductor_options(["combo_kernel_max_num_nodes=4"]) == {"combo_kernel_max_num_nodes": 4}
+    with pytest.raises(ValueError, match="unknown Inductor setting 'combo'"):
+        parse_inductor_options("combo=True")
     for bad in ("combo_kernel", "triton.enable_pld"):
         with pytest.raises(ValueError, match=f"unknown Inductor setting '{bad}'.*torch._inductor.config"):
             compile_greedy_step("cpu", inductor_options={bad: True})

@@ -24,8 +24,9 @@ between tokens; a stop token is seen at most ``k - 1`` tokens late (the extra to
 
 from __future__ import annotations
 
+import ast
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -41,6 +42,27 @@ def greedy_step(model: Any, cache: StaticCache, tokens: torch.Tensor) -> torch.T
     """The next tokens ``(B, 1)`` after ``tokens`` ``(B, 1)``, written at the cache's position."""
     positions = cache.position.expand(tokens.shape[0], 1)
     return decode_step(model, cache, tokens, positions)[:, -1].argmax(-1, keepdim=True)
+
+
+def parse_inductor_options(items: str | Sequence[str]) -> dict[str, Any]:
+    """``"combo_kernels=True;triton.enable_pdl=True"`` (or a list of ``KEY=VALUE``) -> a checked dict.
+
+    Values are Python literals (``True``, ``4``, ``'x'``); keys must be ``torch._inductor.config`` names.
+    """
+    parts = [p for p in (items.split(";") if isinstance(items, str) else items) if p]
+    out = {}
+    for item in parts:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"an Inductor option is KEY=VALUE, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(
+                f"Inductor option {key}: {value!r} is not a Python literal (True, 4, 'x')"
+            ) from None
+    check_inductor_options(out)
+    return out
 
 
 def check_inductor_options(options: dict[str, Any] | None) -> None:
@@ -241,15 +263,11 @@ def fast_greedy(
                         **model_cache_shape(model.config))  # fmt: skip
     cache.mark_static_addresses()
     ids = input_ids.to(param.device)
-    opts = inductor_options
     if k > 1:
-        step = (
-            compile_greedy_step(param.device, cudagraphs=False, inductor_options=opts)
-            if cuda
-            else greedy_step
-        )
+        options = {"cudagraphs": False, "inductor_options": inductor_options}
+        step = compile_greedy_step(param.device, **options) if cuda else greedy_step
         graphed = GraphedGreedySteps(model, cache, k, step)
         graphed.capture()
         return graphed_greedy_stream(model, ids, max_new_tokens, graphed)
-    step = compile_greedy_step(param.device, inductor_options=opts) if cuda else greedy_step
+    step = compile_greedy_step(param.device, inductor_options=inductor_options) if cuda else greedy_step
     return fast_greedy_stream(model, ids, max_new_tokens, step, cache)
