@@ -103,6 +103,21 @@ def test_k_steps_per_graph_errors() -> None:
         fast_greedy(model, prompt, 7, steps_per_graph=0)
 
 
+def test_k_steps_per_graph_stop_at_a_learned_position_models_context() -> None:
+    """Generating up to the last position of a model with learned positions: no replay runs past it."""
+    from tinylm.cache.fast_decode import fast_greedy
+
+    model = tiny_model(positional="learned", max_seq_len=16).float()
+    prompt = torch.randint(0, 97, (2, 3), generator=torch.Generator().manual_seed(4))
+    ref = generate(model, prompt, 13, temperature=0.0, use_cache=False)[:, 3:]
+    for k in (1, 4, 5, 12):
+        assert torch.equal(torch.stack(list(fast_greedy(model, prompt, 13, steps_per_graph=k)), 1), ref), k
+    with pytest.raises(
+        ValueError, match=r"3 tokens \+ 14 new tokens is longer than the model's context \(16"
+    ):
+        fast_greedy(model, prompt, 14, steps_per_graph=4)  # before any compiling or capturing
+
+
 def test_inductor_options_are_checked_by_name() -> None:
     from tinylm.cache.fast_decode import (
         check_inductor_options,

@@ -185,7 +185,8 @@ def graphed_greedy_stream(
     model: Any, input_ids: torch.Tensor, max_new_tokens: int, graphed: GraphedGreedySteps
 ) -> Iterator[torch.Tensor]:
     """Like ``fast_greedy_stream``, ``graphed.k`` tokens per replay; the cache needs room for
-    ``P + k * ceil((max_new_tokens - 1) / k)`` positions (the last replay may run past the end)."""
+    ``P + k * ceil((max_new_tokens - 1) / k)`` positions (the last replay may run past the end). Where
+    that replay would pass a learned-position model's context, the last tokens are single steps."""
     cache, k = graphed.cache, graphed.k
     replays = -(-(max_new_tokens - 1) // k)
     if input_ids.shape[1] + replays * k > cache.max_seq_len:
@@ -198,7 +199,16 @@ def graphed_greedy_stream(
     yield nxt[:, 0]
     graphed.token.copy_(nxt)
     left = max_new_tokens - 1
+    limit = getattr(getattr(model, "pos", None), "max_positions", None)  # learned positions end there
     while left > 0:
+        if left < k and limit is not None and cache.get_seq_length() + k > limit:
+            # a whole replay would embed positions past the model's last one: finish step by step
+            tok = graphed.token
+            for _ in range(left):
+                tok = graphed.step(model, cache, tok)
+                cache.advance(1)
+                yield tok[:, 0]
+            return
         chunk = graphed.run().clone()  # (B, k): the next replay overwrites the graph's buffer
         for j in range(min(k, left)):
             yield chunk[:, j]
@@ -252,6 +262,12 @@ def fast_greedy(
     if steps_per_graph < 1:
         raise ValueError(f"steps_per_graph must be >= 1, got {steps_per_graph}")
     check_inductor_options(inductor_options)  # here too: off a GPU the step is not compiled
+    limit = getattr(getattr(model, "pos", None), "max_positions", None)
+    if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
+        raise ValueError(
+            f"prompt of {input_ids.shape[1]} tokens + {max_new_tokens} new tokens is longer than the model's "
+            f"context ({limit} positions); shorten the prompt or lower max_new_tokens"
+        )
     try:
         fuse_projections(model)
     except TypeError:
