@@ -33,6 +33,7 @@ import torch
 
 from tinylm.cache.static import StaticCache, decode_step, model_cache_shape
 from tinylm.core.fusion import fuse_projections
+from tinylm.core.generate import check_context
 from tinylm.kernels import preferring
 
 FUSABLE = {"rms_norm": "torch", "rope": "torch", "swiglu": "torch", "int8_linear": "torch"}
@@ -199,7 +200,7 @@ def graphed_greedy_stream(
     yield nxt[:, 0]
     graphed.token.copy_(nxt)
     left = max_new_tokens - 1
-    limit = getattr(getattr(model, "pos", None), "max_positions", None)  # learned positions end there
+    limit = model.pos.max_positions  # learned positions end there (None: no end)
     while left > 0:
         if left < k and limit is not None and cache.get_seq_length() + k > limit:
             # a whole replay would embed positions past the model's last one: finish step by step
@@ -262,12 +263,7 @@ def fast_greedy(
     if steps_per_graph < 1:
         raise ValueError(f"steps_per_graph must be >= 1, got {steps_per_graph}")
     check_inductor_options(inductor_options)  # here too: off a GPU the step is not compiled
-    limit = getattr(getattr(model, "pos", None), "max_positions", None)
-    if limit is not None and input_ids.shape[1] + max_new_tokens > limit:
-        raise ValueError(
-            f"prompt of {input_ids.shape[1]} tokens + {max_new_tokens} new tokens is longer than the model's "
-            f"context ({limit} positions); shorten the prompt or lower max_new_tokens"
-        )
+    check_context(model, input_ids.shape[1], max_new_tokens)
     try:
         fuse_projections(model)
     except TypeError:

@@ -62,7 +62,9 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return logits.scatter(-1, seen, torch.where(prev > 0, prev / penalty, prev * penalty))
 
 
-def _check_length(model: Any, prompt_len: int, max_new_tokens: int) -> None:
+def check_context(model: Any, prompt_len: int, max_new_tokens: int) -> None:
+    """Raise ``ValueError`` when the prompt and the new tokens do not fit the model's context (a model with
+    learned positions has one; RoPE models have none)."""
     limit = model.pos.max_positions
     if limit is not None and prompt_len + max_new_tokens > limit:
         raise ValueError(
@@ -97,7 +99,7 @@ def stream(
         )
     if repetition_penalty <= 0:
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
-    _check_length(model, input_ids.size(1), max_new_tokens)
+    check_context(model, input_ids.size(1), max_new_tokens)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
