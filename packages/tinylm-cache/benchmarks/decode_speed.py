@@ -10,6 +10,7 @@ CUDA events, median of --repeats after a warm-up):
 ``static+compile`` (decode_step under ``mode="reduce-overhead"``, the previous best), ``fast`` (the whole
 step with argmax in one graph, Inductor-visible kernels, coordinate-descent tuning), ``fast+fused``
 (q/k/v and gate/up fused), ``math decode attention`` (``StaticCache(decode_attention="math")``),
+``kernel decode attention`` (``decode_attention="kernel"``: tinylm-kernels' Triton decode kernel),
 ``max-autotune matmuls`` (Inductor's Triton matmul templates where they win: several rows per step),
 ``--inductor 'combo_kernels=True'`` (a row per set of extra Inductor settings),
 ``--graph-steps``: ``k`` steps of the fused model per CUDA-graph replay (``GraphedGreedySteps``), two
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import statistics
 import sys
 import time
@@ -119,11 +121,12 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
         ("fast", "fast", model, {}),
         ("fused", "fast+fused", fused, {}),
         ("math", "fast+fused, math decode attention", fused, {}),
+        ("kernel", "fast+fused, kernel decode attention", fused, {}),
         ("autotune", "fast+fused, max-autotune matmuls", fused, {"max_autotune": True}),
         *[
             (
                 f"inductor:{o}",
-                f"fast+fused, inductor {o}",
+                f"fast+fused, {args.decode_attention} attention, inductor {o}",
                 fused,
                 {"inductor_options": parse_inductor_options(o)},
             )
@@ -132,7 +135,9 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
     ]:
         if key in args.skip:
             continue
-        cache = static_cache(model, ids, args, "math" if key == "math" else "sdpa")
+        attention = key if key in ("math", "kernel") else "sdpa"
+        attention = args.decode_attention if key.startswith("inductor") else attention
+        cache = static_cache(model, ids, args, attention)
         step = compile_greedy_step(dev, **kw)
         out.append((label, lambda n, m=m, c=cache, s=step: fast_greedy_generate(m, ids, n, s, c)))
     dec = PlainLlamaDecoder(model, b, p + args.new_tokens)
@@ -195,13 +200,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (--workloads quick:1)")
     ap.add_argument("--quant", default="", help="comma-separated tinylm-quant schemes (110M, batch 1)")
-    rows = "previous,notune,opaque,fast,fused,math,autotune,triton_gemv"
+    rows = "previous,notune,opaque,fast,fused,math,kernel,autotune,triton_gemv"
     ap.add_argument("--skip", default="", help=f"rows to leave out, any of {rows}")
     ap.add_argument(
         "--decode-attention",
         default="sdpa",
-        choices=["sdpa", "math"],
-        help="the static cache's decode attention in the --graph-steps and --quant rows",
+        choices=["sdpa", "math", "kernel"],
+        help="the static cache's decode attention in the --inductor, --graph-steps and --quant rows",
     )
     ap.add_argument(
         "--inductor",
@@ -252,7 +257,7 @@ def main() -> None:
                     row["agreement_vs_eager_static"] = (toks == ref).float().mean().item()
                     row.update(rate(run, batch, args.new_tokens, args.repeats, dev.type))
                     if args.profile and args.profile in label:  # trace + top-kernels table into --out
-                        tag = f"{name}_b{batch}_{label}".replace(" ", "_").replace(",", "").replace("+", "_")
+                        tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}_b{batch}_{label}")
                         with profiled(True, dev, out_dir, tag, row_limit=25):
                             run(34)
                             torch.cuda.synchronize() if dev.type == "cuda" else None

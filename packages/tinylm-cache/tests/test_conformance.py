@@ -25,6 +25,14 @@ class TestStaticMathDecodeAttention(CacheConformance):
     cache_kwargs: ClassVar[dict[str, Any]] = {"decode_attention": "math"}
 
 
+class TestStaticKernelDecodeAttention(CacheConformance):
+    """Decode steps through tinylm-kernels' ``decode_attention`` (its PyTorch backend here; the Triton
+    kernel on CUDA and in the kernels' interpreter run), padded rows included."""
+
+    name = "static"
+    cache_kwargs: ClassVar[dict[str, Any]] = {"decode_attention": "kernel"}
+
+
 class TestPaged(CacheConformance):
     name = "paged"
 

@@ -15,8 +15,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.slow
 def test_every_row_runs_and_agrees_with_the_eager_decoder(tmp_path):
     args = ("--device cpu --workloads quick:1 --new-tokens 6 --repeats 1 --graph-steps 4 "
-            "--decode-attention math --skip notune,opaque,fast,autotune --rounds 2 "
-            "--fast-options combo_kernels=True")  # fmt: skip
+            "--decode-attention kernel --skip notune,opaque,fast,autotune --rounds 2 "
+            "--fast-options combo_kernels=True --inductor combo_kernels=True")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, str(BENCH / "decode_speed.py"), *args.split(), "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
@@ -25,8 +25,9 @@ def test_every_row_runs_and_agrees_with_the_eager_decoder(tmp_path):
     labels = [r["row"] for r in rows]
     assert labels == [
         "static+compile (previous)", "fast+fused", "fast+fused, math decode attention",
+        "fast+fused, kernel decode attention", "fast+fused, kernel attention, inductor combo_kernels=True",
         "plain loop+compile (gpt-fast style)",
-        "fast+fused, math attention, inductor combo_kernels=True, 4 steps per CUDA graph",
+        "fast+fused, kernel attention, inductor combo_kernels=True, 4 steps per CUDA graph",
     ]  # fmt: skip
     for r in rows:
         assert "error" not in r, r

@@ -151,9 +151,10 @@ def test_math_decode_attention_compiles_and_rejects_unknown_names() -> None:
         StaticCache(1, 8, c.n_layers, c.n_kv_heads, c.head_dim, decode_attention="flash")
     prompt = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(10))
     ref = generate(model, prompt, 10, temperature=0.0, use_cache=False)
-    cache = StaticCache(2, 14, c.n_layers, c.n_kv_heads, c.head_dim, decode_attention="math")
-    torch._dynamo.reset()
-    step = compile_greedy_step("cpu", backend="aot_eager")
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref)
-        assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref)
+    for attention in ("math", "kernel"):
+        cache = StaticCache(2, 14, c.n_layers, c.n_kv_heads, c.head_dim, decode_attention=attention)
+        torch._dynamo.reset()
+        step = compile_greedy_step("cpu", backend="aot_eager")
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref), attention
+            assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref), attention

@@ -8,7 +8,9 @@ layout). ``decode_step`` runs one fixed-shape forward of a ``TinyLM`` for compil
 ``decode_attention="math"`` a decode step (one new token per row) attends in plain matmul + masked softmax
 instead of SDPA: compiled with coordinate-descent tuning, Inductor turns both one-row products into
 reductions it generates itself, where SDPA is a prefill-shaped library kernel plus a mask conversion per
-layer. Design after gpt-fast's ``KVCache`` and Hugging Face's ``StaticCache``.
+layer. With ``decode_attention="kernel"`` a decode step runs tinylm-kernels' ``decode_attention`` (on a GPU
+a Triton flash-decoding kernel that reads only the filled slots and stays inside the compiled graph).
+Design after gpt-fast's ``KVCache`` and Hugging Face's ``StaticCache``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any
 import torch
 
 from tinylm.core.registry import CACHES
+from tinylm.kernels import decode_attention as decode_attention_op
 
-DECODE_ATTENTION = ("sdpa", "math")
+DECODE_ATTENTION = ("sdpa", "math", "kernel")
 
 
 class StaticCache:
@@ -84,12 +87,19 @@ class StaticCache:
     def attend(
         self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, ctx: Any
     ) -> torch.Tensor | None:
-        """``decode_attention="math"``, one new token per row: store ``k``, ``v`` and attend over the buffer
-        with matmuls and a masked softmax in (at least) float32, ``(B, H, 1, hd)``. None otherwise (the
-        caller then calls ``update`` and runs its attention backend with ``attention_mask``)."""
-        if self.decode_attention != "math" or q.shape[2] != 1:
+        """One new token per row: store ``k``, ``v`` and attend over the buffer, ``(B, H, 1, hd)``; with
+        ``decode_attention="math"`` in matmuls and a masked softmax in (at least) float32, with ``"kernel"``
+        through ``decode_attention``. None otherwise (the caller then calls ``update`` and runs its
+        attention backend with ``attention_mask``)."""
+        if self.decode_attention == "sdpa" or q.shape[2] != 1:
             return None
         keys, values = self.update(layer_idx, k, v)  # (B, Hkv, L, hd)
+        if self.decode_attention == "kernel":
+            if "static_valid" not in ctx.memo:  # once per step: the new slot holds a real token
+                self.key_valid.index_fill_(1, self._write_index(1), True)
+                ctx.memo["static_valid"] = True
+            out = decode_attention_op(q[:, :, 0], keys, values, self.position, self.key_valid, scale)
+            return out[:, :, None]
         mask = self.attention_mask(layer_idx, ctx)  # (B, 1, 1, L): the same mask SDPA would get
         b, h, _, hd = q.shape
         hkv = keys.shape[1]

@@ -6,6 +6,7 @@ Triton modules import without Triton and then register backends that report them
 """
 
 from tinylm.kernels.cross_entropy import fused_linear_cross_entropy, fused_linear_cross_entropy_reference
+from tinylm.kernels.decode_attention import decode_attention, decode_attention_reference
 from tinylm.kernels.registry import (
     BACKEND_PRIORITY,
     ENV_VAR,
@@ -26,6 +27,7 @@ from tinylm.kernels.swiglu import swiglu, swiglu_reference
 # without Triton, a GPU, nvcc or ninja. The CUDA extension is built on first use.
 from tinylm.kernels import (  # noqa: F401
     cross_entropy_triton,
+    decode_attention_triton,
     int8_gemv_triton,
     rms_norm_cuda,
     rms_norm_triton,
@@ -40,6 +42,8 @@ __all__ = [
     "apply_rope_reference",
     "backends",
     "choose",
+    "decode_attention",
+    "decode_attention_reference",
     "dispatch",
     "fused_linear_cross_entropy",
     "fused_linear_cross_entropy_reference",

@@ -1,0 +1,179 @@
+"""Triton backend of ``decode_attention``: flash-decoding over a static ``(B, Hkv, L, hd)`` cache.
+
+One program per (row, query head, split of the slots). It reads ``position`` from the device, so one
+compiled kernel serves every step, walks only the slots ``<= position`` of its split in tiles of
+``BLOCK_N`` (SDPA reads all ``L``), and keeps the online-softmax state ``(m, l, acc)`` in float32, as the
+paged kernel does. With one split it writes ``acc / l``; with several (few rows would leave most SMs idle)
+each writes its partial state and the paged module's merge kernel combines them.
+
+The launcher is a ``torch.library.triton_op`` whose kernels go through ``wrap_triton``: ``torch.compile``
+then sees the Triton kernels themselves and emits them into the graph it generates, so a compiled decode
+step stays one graph (one CUDA-graph replay) instead of breaking around an opaque call. Layers:
+``_static_decode_kernel`` -> op ``tinylm::static_decode_attention`` -> backend
+``decode_attention_triton``. Oracle: ``decode_attention_reference`` in ``decode_attention.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tinylm.kernels.decode_attention import decode_attention_reference
+from tinylm.kernels.paged_attention_triton import MAX_HEAD_DIM, _merge_splits_kernel, choose_splits
+from tinylm.kernels.registry import register_backend
+from tinylm.kernels.triton_support import (
+    DEVICE_TYPES,
+    HAS_TRITON,
+    INTERPRETED,
+    kernels_take,
+    next_power_of_2,
+    tl,
+    triton,
+    triton_available,
+    why_triton_unavailable,
+)
+
+
+@triton.jit
+def _static_decode_kernel(
+    O, M, L, Q, K, V, POS, VALID, scale, split_len,
+    stride_qb, stride_qh, stride_kb, stride_kh, stride_kt, stride_valid, stride_ob, stride_oh, stride_os,
+    HEAD_DIM, GROUP: tl.constexpr, HAS_VALID: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    split = tl.program_id(2).to(tl.int64)
+    kvh = (h // GROUP).to(tl.int64)
+    d = tl.arange(0, BLOCK_D)
+    mask_d = d < HEAD_DIM
+    q = tl.load(Q + b * stride_qb + h * stride_qh + d, mask=mask_d, other=0.0).to(tl.float32)
+    q = (q * scale).to(tl.float32)  # Inductor passes a Python float as fp64: keep the scores fp32
+    pos = tl.load(POS).to(tl.int64)
+    start = split * split_len
+    end = tl.minimum(start + split_len, pos + 1)
+    m_i = tl.max(tl.full((BLOCK_N,), float("-inf"), tl.float32), axis=0)
+    l_i = tl.sum(tl.zeros((BLOCK_N,), tl.float32), axis=0)
+    acc = tl.zeros((BLOCK_D,), tl.float32)
+    base = b * stride_kb + kvh * stride_kh
+    for n0 in range(start, end, BLOCK_N):
+        j = n0 + tl.arange(0, BLOCK_N)
+        live = j < end
+        if HAS_VALID:  # padding slots of a left-padded prompt are off; the query's own slot is on
+            real = tl.load(VALID + b * stride_valid + j, mask=live, other=0) != 0
+            live = live & (real | (j == pos))
+        offs = base + j[:, None] * stride_kt + d[None, :]
+        kv_mask = live[:, None] & mask_d[None, :]
+        k = tl.load(K + offs, mask=kv_mask, other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_D)
+        s = tl.where(live, tl.sum(k * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        # a tile with no live slot so far keeps m = -inf: exp(-inf - -inf) would be nan
+        alpha = tl.where(m_new == float("-inf"), 1.0, tl.exp(m_i - m_new))
+        p = tl.where(live, tl.exp(s - m_new), 0.0)
+        v = tl.load(V + offs, mask=kv_mask, other=0.0).to(tl.float32)
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        m_i = m_new
+    o_ptr = O + b * stride_ob + h * stride_oh + split * stride_os + d
+    if not SPLIT:
+        tl.store(o_ptr, (acc / l_i).to(O.dtype.element_ty), mask=mask_d)
+    else:  # a split past the position (or all padding) leaves m = -inf, l = 0: the merge gives it no weight
+        tl.store(o_ptr, acc, mask=mask_d)
+        ml = (b * tl.num_programs(1) + h) * tl.num_programs(2) + split
+        tl.store(M + ml, m_i)
+        tl.store(L + ml, l_i)
+
+
+def _launch(kernel):
+    """``kernel`` as ``torch.compile`` should see it (``wrap_triton``); as is under the interpreter."""
+    if INTERPRETED:
+        return kernel
+    from torch.library import wrap_triton
+
+    return wrap_triton(kernel)
+
+
+def static_decode(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    position: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    scale: float,
+    n_splits: int = 0,
+) -> torch.Tensor:
+    """Launch the kernel(s) on contiguous inputs; ``n_splits`` 0 picks it from the grid and ``L``."""
+    b, h, hd = q.shape
+    length = keys.shape[2]
+    splits = choose_splits(b, h, length) if n_splits <= 0 else n_splits
+    split_len = -(-length // splits)
+    out = torch.empty_like(q)
+    block_d = next_power_of_2(hd)
+    block_n = max(16, min(64, 8192 // block_d))
+    valid = key_valid if key_valid is not None else position  # a placeholder pointer when unused
+    common = (q, keys, values, position, valid, scale, split_len, q.stride(0), q.stride(1), keys.stride(0),
+              keys.stride(1), keys.stride(2), valid.stride(0) if key_valid is not None else 0)  # fmt: skip
+    meta = dict(GROUP=h // keys.shape[1], HAS_VALID=key_valid is not None, BLOCK_D=block_d, BLOCK_N=block_n)
+    if splits == 1:
+        _launch(_static_decode_kernel)[(b, h, 1)](
+            out, out, out, *common, out.stride(0), out.stride(1), 0, hd, **meta, SPLIT=False
+        )
+        return out
+    part = torch.empty((b, h, splits, hd), device=q.device, dtype=torch.float32)
+    m = torch.empty((b, h, splits), device=q.device, dtype=torch.float32)
+    lsum = torch.empty_like(m)
+    _launch(_static_decode_kernel)[(b, h, splits)](
+        part, m, lsum, *common, part.stride(0), part.stride(1), part.stride(2), hd, **meta, SPLIT=True
+    )
+    _launch(_merge_splits_kernel)[(b, h)](
+        out, part, m, lsum, hd, splits, out.stride(0), out.stride(1), part.stride(0), part.stride(1),
+        part.stride(2), BLOCK_D=block_d, BLOCK_S=next_power_of_2(splits),
+    )  # fmt: skip
+    return out
+
+
+if HAS_TRITON and not INTERPRETED:
+    from torch.library import triton_op
+
+    @triton_op("tinylm::static_decode_attention", mutates_args=())
+    def _static_decode_op(
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        position: torch.Tensor,
+        key_valid: torch.Tensor | None,
+        scale: float,
+    ) -> torch.Tensor:
+        return static_decode(q, keys, values, position, key_valid, scale)
+
+    def _run(q, keys, values, position, key_valid, scale):
+        return _static_decode_op(q, keys, values, position, key_valid, scale)
+
+else:
+    _run = static_decode
+
+
+@register_backend(
+    "decode_attention",
+    "triton",
+    available=triton_available,
+    why_unavailable=why_triton_unavailable,
+    device_types=DEVICE_TYPES,
+)
+def decode_attention_triton(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    position: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """The kernel for head dims up to ``MAX_HEAD_DIM``; the reference for float64, larger heads, mixed
+    dtypes or a cache that is not contiguous."""
+    takes = kernels_take("decode_attention", q=q, keys=keys, values=values)
+    takes = takes and q.dtype != torch.float64 and keys.dtype == q.dtype and values.dtype == q.dtype
+    takes = takes and keys.stride() == values.stride() and keys.stride(-1) == 1
+    takes = takes and q.shape[-1] <= MAX_HEAD_DIM
+    if not takes:
+        return decode_attention_reference(q, keys, values, position, key_valid, scale)
+    valid = key_valid.contiguous() if key_valid is not None else None
+    return _run(q.contiguous(), keys, values, position.reshape(1), valid, scale)

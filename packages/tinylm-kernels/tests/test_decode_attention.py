@@ -1,0 +1,118 @@
+"""decode_attention over a static cache: every backend against a float64 oracle, splits, padding, GQA,
+and the Triton op inside one compiled graph (on a GPU)."""
+
+import math
+
+import pytest
+import torch
+
+from tinylm.kernels.decode_attention import decode_attention
+from tinylm.kernels.decode_attention_triton import static_decode
+from tinylm.kernels.triton_support import triton_available
+
+CUDA = torch.cuda.is_available()
+DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float64, 1e-10)]  # float64: the reference
+# (batch, heads, kv heads, head_dim, slots L, position): the position is not a multiple of any tile size
+CASES = [
+    (3, 4, 4, 16, 40, 0),  # the first decode step: one slot
+    (2, 6, 2, 64, 130, 77),
+    (1, 8, 1, 32, 272, 271),  # the last slot
+    (2, 2, 2, 256, 24, 13),
+    (3, 3, 1, 48, 70, 41),  # a head_dim that is not a power of two (masked lanes)
+]
+needs_triton = pytest.mark.skipif(not triton_available(), reason="triton backend not runnable here")
+
+
+def inputs(b, heads, kv_heads, hd, length, pos, dtype, device, padded=False, seed=0):
+    """Random queries and caches (slots past the position hold garbage, as in a reused cache); with
+    ``padded``, row r's first 2r slots are padding (``key_valid`` off)."""
+    g = torch.Generator().manual_seed(seed + hd + length)
+    q = torch.randn(b, heads, hd, generator=g).to(device, dtype)
+    k = torch.randn(b, kv_heads, length, hd, generator=g).to(device, dtype)
+    v = torch.randn(b, kv_heads, length, hd, generator=g).to(device, dtype)
+    valid = None
+    if padded:
+        valid = torch.ones(b, length, dtype=torch.bool)
+        for r in range(b):
+            valid[r, : 2 * r] = False
+        valid = valid.to(device)
+    return q, k, v, torch.tensor([pos], device=device), valid
+
+
+def oracle(q, k, v, pos, valid, scale):
+    """Row by row, head by head, in float64: softmax over the real slots up to the position."""
+    q, k, v = q.double().cpu(), k.double().cpu(), v.double().cpu()
+    b, h, hd = q.shape
+    group = h // k.shape[1]
+    p = int(pos)
+    out = torch.empty(b, h, hd, dtype=torch.float64)
+    for row in range(b):
+        slots = [j for j in range(p + 1) if j == p or valid is None or bool(valid[row, j])]
+        for head in range(h):
+            keys, vals = k[row, head // group, slots], v[row, head // group, slots]
+            out[row, head] = torch.softmax(keys @ q[row, head] * scale, dim=0) @ vals
+    return out
+
+
+@pytest.mark.parametrize(("b", "heads", "kv_heads", "hd", "length", "pos"), CASES)
+@pytest.mark.parametrize(("dtype", "tol"), DTYPES)
+def test_matches_float64(backend, device, b, heads, kv_heads, hd, length, pos, dtype, tol, assert_close_f64):
+    q, k, v, p, _ = inputs(b, heads, kv_heads, hd, length, pos, dtype, device)
+    scale = 0.7 / math.sqrt(hd)
+    out = decode_attention(q, k, v, p, scale=scale, backend=backend)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert_close_f64(out, oracle(q, k, v, p, None, scale), tol, "output")
+
+
+@pytest.mark.parametrize("pos", [4, 37])
+def test_padding_slots_are_left_out(backend, device, pos, assert_close_f64):
+    """Left-padded prompts: row 2's first 4 slots are padding; its own slot counts even if marked off."""
+    q, k, v, p, valid = inputs(3, 4, 2, 32, 50, pos, torch.float32, device, padded=True, seed=3)
+    valid[1, pos] = False  # the query's own slot is never padding
+    out = decode_attention(q, k, v, p, valid, scale=0.3, backend=backend)
+    assert_close_f64(out, oracle(q, k, v, p, valid, 0.3), 1e-5, "padded")
+
+
+@pytest.mark.triton
+@needs_triton
+@pytest.mark.parametrize("n_splits", [1, 2, 5])
+def test_split_slots_merge_exactly(device, n_splits, assert_close_f64):
+    """Flash-decoding splits, some wholly past the position, give the one-pass result."""
+    for pos in (3, 150):
+        q, k, v, p, valid = inputs(2, 4, 2, 32, 200, pos, torch.float32, device, padded=True, seed=1)
+        out = static_decode(q, k, v, p, valid, 0.2, n_splits=n_splits)
+        assert_close_f64(out, oracle(q, k, v, p, valid, 0.2), 1e-5, f"{n_splits} splits, position {pos}")
+
+
+def test_input_errors():
+    q, k, v, p, _ = inputs(2, 4, 2, 16, 20, 5, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="not a multiple"):
+        decode_attention(q[:, :3], k, v, p)
+    with pytest.raises(ValueError, match="must be \\(B, H, head_dim\\)"):
+        decode_attention(q[:, :, None], k, v, p)
+    with pytest.raises(ValueError, match="keys and values must both be"):
+        decode_attention(q, k, v[:, :, :-1], p)
+    with pytest.raises(ValueError, match="position must hold one int32/int64"):
+        decode_attention(q, k, v, p.float())
+    with pytest.raises(ValueError, match="key_valid must be a bool"):
+        decode_attention(q, k, v, p, torch.ones(2, 19, dtype=torch.bool))
+
+
+def test_triton_kernels_under_interpreter(run_triton_tests_under_interpreter):
+    run_triton_tests_under_interpreter(__file__)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_one_graph_under_compile_with_cuda_graphs(assert_close_f64):
+    """The Triton op compiles with fullgraph=True and replays under CUDA graphs as the position moves."""
+    q, k, v, p, valid = inputs(2, 12, 12, 64, 272, 20, torch.bfloat16, "cuda", padded=True)
+
+    def step(q, k, v, p, valid):
+        return decode_attention(q, k, v, p, valid, backend="triton") * 2.0
+
+    compiled = torch.compile(step, fullgraph=True, mode="reduce-overhead")
+    for pos in (20, 21, 200):
+        p.fill_(pos)
+        out = compiled(q, k, v, p, valid).clone()
+        assert_close_f64(out, 2.0 * oracle(q, k, v, p, valid, 1 / 8), 2e-2, f"position {pos}")
