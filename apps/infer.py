@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="--fast: a torch._inductor.config setting, e.g. combo_kernels=True (repeatable)",
     )
+    p.add_argument("--decode-attention", default="sdpa", help="--fast: sdpa, math or kernel (static cache)")
     media = p.add_mutually_exclusive_group()  # captioners (tinylm-mm): --ckpt <train run dir>/captioner
     media.add_argument("--image", help="caption this image file (greedy) with a tinylm-mm captioner")
     media.add_argument("--audio", help="caption this WAV file (greedy) with a tinylm-mm captioner")
@@ -114,12 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             args.cache, config=model.config, batch_size=1, max_seq_len=len(ids) + args.max_new_tokens,
             device=device, dtype=next(model.parameters()).dtype,
         )  # fmt: skip
-        if not args.fast and (args.steps_per_graph != 1 or args.inductor_option):
-            raise ValueError("--steps-per-graph and --inductor-option apply to --fast decoding only")
-        fast = dict(
-            steps_per_graph=args.steps_per_graph,
-            inductor_options=parse_inductor_options(args.inductor_option),
-        )
+        fast_only = args.steps_per_graph != 1 or args.inductor_option or args.decode_attention != "sdpa"
+        if fast_only and not args.fast:
+            raise ValueError("--steps-per-graph, --inductor-option and --decode-attention need --fast")
+        fast = dict(steps_per_graph=args.steps_per_graph, decode_attention=args.decode_attention,
+                    inductor_options=parse_inductor_options(args.inductor_option))  # fmt: skip
         steps = fast_greedy(model, torch.tensor([ids]), args.max_new_tokens, **fast) if args.fast else stream(
             model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_tokens=[tok.eos_id],

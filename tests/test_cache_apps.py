@@ -70,8 +70,12 @@ def test_fast_decoding_options(capsys):
         == 0
     )
     assert capsys.readouterr().out == standard
+    assert infer.main([*GREEDY, "--fast", "--decode-attention", "kernel"]) == 0
+    assert capsys.readouterr().out == standard
     for bad, says in [
-        (["--steps-per-graph", "4"], "apply to --fast decoding only"),
+        (["--steps-per-graph", "4"], "need --fast"),
+        (["--decode-attention", "kernel"], "need --fast"),
+        (["--fast", "--decode-attention", "flash"], "decode_attention must be one of"),
         (["--fast", "--steps-per-graph", "0"], "steps_per_graph must be >= 1"),
         (["--fast", "--inductor-option", "combo_kernels"], "is KEY=VALUE, got 'combo_kernels'"),
         (["--fast", "--inductor-option", "combo_kernels=yes please"], "is not a Python literal"),

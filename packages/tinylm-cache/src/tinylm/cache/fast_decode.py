@@ -253,13 +253,15 @@ def fast_greedy(
     max_new_tokens: int,
     steps_per_graph: int = 1,
     inductor_options: dict[str, Any] | None = None,
+    decode_attention: str = "sdpa",
 ) -> Iterator[torch.Tensor]:
     """The whole recipe in one call: fuse the projections (unless the model is quantized, which keeps them
     apart), a static cache for ``input_ids`` ``(B, P)`` + ``max_new_tokens``, the compiled step on a GPU
     (the eager ``greedy_step`` elsewhere); yields each new token ``(B,)`` like ``fast_greedy_stream``.
     ``steps_per_graph`` > 1: that many steps per CUDA-graph replay (``GraphedGreedySteps``; it pays where
     the host is the bottleneck: small models). ``inductor_options``: as in ``compile_greedy_step`` (e.g.
-    ``{"combo_kernels": True}``, a gain at 110M batch 1 on an H100, BENCHMARKS 7d)."""
+    ``{"combo_kernels": True}``, a gain at 110M batch 1 on an H100, BENCHMARKS 7d). ``decode_attention``:
+    the static cache's (``"kernel"``, the Triton decode kernel, pays at batch 32, BENCHMARKS 7e)."""
     if steps_per_graph < 1:
         raise ValueError(f"steps_per_graph must be >= 1, got {steps_per_graph}")
     check_inductor_options(inductor_options)  # here too: off a GPU the step is not compiled
@@ -272,7 +274,7 @@ def fast_greedy(
     b, p = input_ids.shape
     cuda, k = param.device.type == "cuda", steps_per_graph
     cache = StaticCache(b, p + max_new_tokens + k, device=param.device, dtype=param.dtype,
-                        **model_cache_shape(model.config))  # fmt: skip
+                        decode_attention=decode_attention, **model_cache_shape(model.config))  # fmt: skip
     cache.mark_static_addresses()
     ids = input_ids.to(param.device)
     if k > 1:
