@@ -116,3 +116,24 @@ def test_one_graph_under_compile_with_cuda_graphs(assert_close_f64):
         p.fill_(pos)
         out = compiled(q, k, v, p, valid).clone()
         assert_close_f64(out, 2.0 * oracle(q, k, v, p, valid, 1 / 8), 2e-2, f"position {pos}")
+
+
+@pytest.mark.parametrize("scale_type", ["fp32", "fp64"])
+@pytest.mark.parametrize("split", [False, True])
+def test_kernel_compiles_for_hopper(scale_type, split):
+    """Triton compiles the kernel for sm_90 without a GPU (ptxas ships with Triton), with the scale as
+    Triton passes it (fp32) and as Inductor does inside a compiled decode step (fp64)."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from tinylm.kernels.decode_attention_triton import _static_decode_kernel as fn
+
+    constexprs = {"GROUP": 1, "HAS_VALID": True, "BLOCK_D": 64, "BLOCK_N": 64, "SPLIT": split}
+    types = {"O": "*bf16", "M": "*fp32", "L": "*fp32", "Q": "*bf16", "K": "*bf16", "V": "*bf16"}
+    types.update(POS="*i64", VALID="*i1", scale=scale_type)
+    signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in fn.arg_names}
+    src = ASTSource(fn=fn, signature=signature,
+                    constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})  # fmt: skip
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32))
+    assert "ld.global" in compiled.asm["ptx"]
