@@ -47,6 +47,7 @@ from tinylm.core.data import BatchIterator, PackedBlocks
 from tinylm.dist import TrainConfig, Trainer, build_strategy
 
 VOCAB = 16384
+NUMA_MODES = ("node", "socket", "exclusive", "core-complex")  # torch.numa.binding.AffinityMode values
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,12 +72,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="micro-batches per optimizer step over all GPUs (a multiple of every GPU count; "
                    "default: their lcm). More amortizes the per-step optimizer and all-reduce")  # fmt: skip
     p.add_argument("--launches", type=int, default=1, help="launches per run, in rounds (median kept)")
+    p.add_argument("--numa-binding", choices=NUMA_MODES, default=None,
+                   help="torchrun's --numa-binding: each rank's CPU threads on the cores near its GPU "
+                   "(cuda only; a host-bound step pays for a far core)")  # fmt: skip
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--preset", help=argparse.SUPPRESS)
     p.add_argument("--strategy", help=argparse.SUPPRESS)
     p.add_argument("--accum", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.numa_binding and args.device != "cuda":
+        p.error("--numa-binding binds ranks to the CPUs near their GPU: it needs --device cuda")
+    return args
 
 
 def markov_tokens(n: int, vocab: int, seed: int = 0) -> np.ndarray:
@@ -189,13 +196,22 @@ def gpu_counts(spec: str | None, available: int) -> list[int]:
     return counts + ([available] if available not in counts else [])
 
 
-def launch(args: argparse.Namespace, preset: str, strategy: str, n: int, accum: int, out: Path) -> dict:
-    result = out / f"run_{preset}_{strategy}_{n}.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", __file__]
-    cmd += ["--worker", f"--preset={preset}", f"--strategy={strategy}", f"--accum={accum}"]
+def torchrun_command(
+    args: argparse.Namespace, preset: str, strategy: str, n: int, accum: int, result: Path
+) -> list[str]:
+    """``torchrun`` (its own options first) on this script as one ``--worker`` run of ``n`` ranks."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
+    cmd += [f"--numa-binding={args.numa_binding}"] if args.numa_binding else []
+    cmd += [__file__, "--worker", f"--preset={preset}", f"--strategy={strategy}", f"--accum={accum}"]
     cmd += [f"--result={result}", f"--seq-len={args.seq_len}", f"--micro-batch={args.micro_batch}"]
     cmd += [f"--steps={args.steps}", f"--warmup={args.warmup}", f"--device={args.device}"]
     cmd += ["--compile"] * args.compile + ["--activation-checkpointing"] * args.activation_checkpointing
+    return cmd
+
+
+def launch(args: argparse.Namespace, preset: str, strategy: str, n: int, accum: int, out: Path) -> dict:
+    result = out / f"run_{preset}_{strategy}_{n}.json"
+    cmd = torchrun_command(args, preset, strategy, n, accum, result)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     t0 = time.perf_counter()
     try:

@@ -28,3 +28,33 @@ def test_ddp_matches_across_process_counts_and_nosync_really_skips_the_all_reduc
     assert loss["ddp_nosync", 1] == loss["ddp", 1]  # one process: nothing to skip
     assert abs(loss["ddp_nosync", 2] - loss["ddp", 2]) > 1e-4  # replicas trained apart
     assert "loss check tiny ddp: spread" in proc.stdout and "ddp_nosync: spread" not in proc.stdout
+
+
+def load_scaling():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scaling_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_numa_binding_reaches_torchrun_before_the_script(tmp_path, capsys):
+    import pytest
+
+    scaling = load_scaling()
+    args = scaling.parse_args(["--gpus", "1,2", "--numa-binding", "node"])
+    cmd = scaling.torchrun_command(args, "large", "ddp", 2, 4, tmp_path / "r.json")
+    assert cmd.index("--numa-binding=node") < cmd.index(str(SCRIPT)) < cmd.index("--worker")
+    plain = scaling.torchrun_command(scaling.parse_args([]), "large", "ddp", 2, 4, tmp_path / "r.json")
+    assert not [c for c in plain if c.startswith("--numa")]
+    with pytest.raises(SystemExit):
+        scaling.parse_args(["--device", "cpu", "--numa-binding", "node"])
+    assert "needs --device cuda" in capsys.readouterr().err
+    # the installed torchrun knows the flag and every mode the script offers
+    help_text = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--help"], capture_output=True,
+                               text=True, timeout=120).stdout  # fmt: skip
+    assert "--numa-binding" in help_text
+    from torch.numa.binding import AffinityMode
+
+    assert set(scaling.NUMA_MODES) == {m.value for m in AffinityMode}
