@@ -18,7 +18,13 @@ from __future__ import annotations
 import torch
 
 from tinylm.kernels.decode_attention import decode_attention_reference
-from tinylm.kernels.paged_attention_triton import MAX_HEAD_DIM, _merge_splits_kernel, choose_splits
+from tinylm.kernels.paged_attention_triton import (
+    MAX_HEAD_DIM,
+    _merge_splits_kernel,
+    choose_splits,
+    online_softmax_tile,
+    write_split,
+)
 from tinylm.kernels.registry import register_backend
 from tinylm.kernels.triton_support import (
     DEVICE_TYPES,
@@ -64,32 +70,23 @@ def _static_decode_kernel(
         offs = base + j[:, None] * stride_kt + d[None, :]
         kv_mask = live[:, None] & mask_d[None, :]
         k = tl.load(K + offs, mask=kv_mask, other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_D)
-        s = tl.where(live, tl.sum(k * q[None, :], axis=1), float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        # a tile with no live slot so far keeps m = -inf: exp(-inf - -inf) would be nan
-        alpha = tl.where(m_new == float("-inf"), 1.0, tl.exp(m_i - m_new))
-        p = tl.where(live, tl.exp(s - m_new), 0.0)
         v = tl.load(V + offs, mask=kv_mask, other=0.0).to(tl.float32)
-        l_i = l_i * alpha + tl.sum(p, axis=0)
-        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-        m_i = m_new
-    o_ptr = O + b * stride_ob + h * stride_oh + split * stride_os + d
-    if not SPLIT:
-        tl.store(o_ptr, (acc / l_i).to(O.dtype.element_ty), mask=mask_d)
-    else:  # a split past the position (or all padding) leaves m = -inf, l = 0: the merge gives it no weight
-        tl.store(o_ptr, acc, mask=mask_d)
-        ml = (b * tl.num_programs(1) + h) * tl.num_programs(2) + split
-        tl.store(M + ml, m_i)
-        tl.store(L + ml, l_i)
+        m_i, l_i, acc = online_softmax_tile(q, k, v, live, m_i, l_i, acc)
+    ml = (b * tl.num_programs(1) + h) * tl.num_programs(2) + split
+    write_split(O + b * stride_ob + h * stride_oh + split * stride_os + d, M + ml, L + ml, acc, m_i, l_i,
+                mask_d, SPLIT)  # fmt: skip
 
 
-def _launch(kernel):
+def _launchable(kernel):
     """``kernel`` as ``torch.compile`` should see it (``wrap_triton``); as is under the interpreter."""
-    if INTERPRETED:
+    if INTERPRETED or not HAS_TRITON:
         return kernel
     from torch.library import wrap_triton
 
     return wrap_triton(kernel)
+
+
+_decode_launch, _merge_launch = _launchable(_static_decode_kernel), _launchable(_merge_splits_kernel)
 
 
 def static_decode(
@@ -114,17 +111,17 @@ def static_decode(
               keys.stride(1), keys.stride(2), valid.stride(0) if key_valid is not None else 0)  # fmt: skip
     meta = dict(GROUP=h // keys.shape[1], HAS_VALID=key_valid is not None, BLOCK_D=block_d, BLOCK_N=block_n)
     if splits == 1:
-        _launch(_static_decode_kernel)[(b, h, 1)](
+        _decode_launch[(b, h, 1)](
             out, out, out, *common, out.stride(0), out.stride(1), 0, hd, **meta, SPLIT=False
         )
         return out
     part = torch.empty((b, h, splits, hd), device=q.device, dtype=torch.float32)
     m = torch.empty((b, h, splits), device=q.device, dtype=torch.float32)
     lsum = torch.empty_like(m)
-    _launch(_static_decode_kernel)[(b, h, splits)](
+    _decode_launch[(b, h, splits)](
         part, m, lsum, *common, part.stride(0), part.stride(1), part.stride(2), hd, **meta, SPLIT=True
     )
-    _launch(_merge_splits_kernel)[(b, h)](
+    _merge_launch[(b, h)](
         out, part, m, lsum, hd, splits, out.stride(0), out.stride(1), part.stride(0), part.stride(1),
         part.stride(2), BLOCK_D=block_d, BLOCK_S=next_power_of_2(splits),
     )  # fmt: skip
@@ -145,9 +142,7 @@ if HAS_TRITON and not INTERPRETED:
     ) -> torch.Tensor:
         return static_decode(q, keys, values, position, key_valid, scale)
 
-    def _run(q, keys, values, position, key_valid, scale):
-        return _static_decode_op(q, keys, values, position, key_valid, scale)
-
+    _run = _static_decode_op
 else:
     _run = static_decode
 

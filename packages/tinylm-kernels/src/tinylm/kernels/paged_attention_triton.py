@@ -36,6 +36,30 @@ MIN_SPLIT_LEN = 64  # positions per split at least (a split's fixed cost must st
 
 
 @triton.jit
+def online_softmax_tile(q, k, v, live, m_i, l_i, acc):
+    """One tile of keys ``k`` / values ``v`` (BLOCK_N, BLOCK_D) into the running ``(m, l, acc)`` of query
+    ``q`` (already scaled); slots off in ``live`` count for nothing. A state that has seen no live slot
+    keeps m = -inf (exp(-inf - -inf) would be nan, hence the guard)."""
+    s = tl.where(live, tl.sum(k * q[None, :], axis=1), float("-inf"))  # (BLOCK_N,)
+    m_new = tl.maximum(m_i, tl.max(s, axis=0))
+    alpha = tl.where(m_new == float("-inf"), 1.0, tl.exp(m_i - m_new))
+    p = tl.where(live, tl.exp(s - m_new), 0.0)
+    return m_new, l_i * alpha + tl.sum(p, axis=0), acc * alpha + tl.sum(p[:, None] * v, axis=0)
+
+
+@triton.jit
+def write_split(o_ptr, m_ptr, l_ptr, acc, m_i, l_i, mask_d, SPLIT: tl.constexpr):
+    """A single split writes the result ``acc / l``; one of several writes its state for the merge kernel
+    (a split with no live slot leaves m = -inf, l = 0: it weighs nothing there)."""
+    if not SPLIT:
+        tl.store(o_ptr, (acc / l_i).to(o_ptr.dtype.element_ty), mask=mask_d)
+    else:
+        tl.store(o_ptr, acc, mask=mask_d)
+        tl.store(m_ptr, m_i)
+        tl.store(l_ptr, l_i)
+
+
+@triton.jit
 def _paged_decode_kernel(
     O, M, L, Q, K, V, T, LEN, scale, split_len,
     stride_qb, stride_qh, stride_kt, stride_kh, stride_tb, stride_ob, stride_oh, stride_os,
@@ -64,22 +88,11 @@ def _paged_decode_kernel(
         offs = (block * PAGE + j % PAGE)[:, None] * stride_kt + kvh * stride_kh + d[None, :]
         kv_mask = valid[:, None] & mask_d[None, :]
         k = tl.load(K + offs, mask=kv_mask, other=0.0).to(tl.float32)  # (BLOCK_N, BLOCK_D)
-        s = tl.where(valid, tl.sum(k * q[None, :], axis=1), float("-inf"))  # (BLOCK_N,)
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(s - m_new)
         v = tl.load(V + offs, mask=kv_mask, other=0.0).to(tl.float32)
-        l_i = l_i * alpha + tl.sum(p, axis=0)
-        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-        m_i = m_new
-    o_ptr = O + b * stride_ob + h * stride_oh + split * stride_os + d
-    if not SPLIT:  # a single split: the final result
-        tl.store(o_ptr, (acc / l_i).to(O.dtype.element_ty), mask=mask_d)
-    else:  # a split with no positions (past the row's length) leaves m = -inf, l = 0: it weighs nothing
-        tl.store(o_ptr, acc, mask=mask_d)
-        ml = (b * tl.num_programs(1) + h) * tl.num_programs(2) + split
-        tl.store(M + ml, m_i)
-        tl.store(L + ml, l_i)
+        m_i, l_i, acc = online_softmax_tile(q, k, v, valid, m_i, l_i, acc)
+    ml = (b * tl.num_programs(1) + h) * tl.num_programs(2) + split
+    write_split(O + b * stride_ob + h * stride_oh + split * stride_os + d, M + ml, L + ml, acc, m_i, l_i,
+                mask_d, SPLIT)  # fmt: skip
 
 
 @triton.jit
