@@ -12,7 +12,8 @@ step with argmax in one graph, Inductor-visible kernels, coordinate-descent tuni
 (q/k/v and gate/up fused), ``math decode attention`` (``StaticCache(decode_attention="math")``),
 ``kernel decode attention`` (``decode_attention="kernel"``: tinylm-kernels' Triton decode kernel),
 ``max-autotune matmuls`` (Inductor's Triton matmul templates where they win: several rows per step),
-``--inductor 'combo_kernels=True'`` (a row per set of extra Inductor settings),
+``--inductor 'combo_kernels=True'`` (a row per set of extra Inductor settings; with ``--linear-kernel`` each
+such row once more with every projection and the head on tinylm-kernels' few-row ``linear``),
 ``--graph-steps``: ``k`` steps of the fused model per CUDA-graph replay (``GraphedGreedySteps``), two
 ablations, and ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
 ``--quant``: the fused fast decoder on the model quantized with each scheme (tinylm-quant), against the
@@ -50,6 +51,7 @@ from tinylm.cache.static import StaticCache, decode_step, model_cache_shape, sta
 from tinylm.core.bench.profiling import profiled
 from tinylm.core.bench.timing import measure
 from tinylm.core.fusion import fuse_projections
+from tinylm.kernels import use_kernel_linears
 
 
 def rate(run, batch: int, n: int, repeats: int, device: str) -> dict:
@@ -115,6 +117,8 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
         out.append(("static+compile (previous)", prev))
     fused = copy.deepcopy(model)
     fuse_projections(fused)
+    kernel_linears = copy.deepcopy(fused)  # every projection and the head through the few-row kernel
+    use_kernel_linears(kernel_linears)
     for key, label, m, kw in [
         ("notune", "fast, no tuning", model, {"tune": False}),
         ("opaque", "fast, our norm/rope/swiglu kernels (opaque)", model, {"inductor_kernels": False}),
@@ -132,11 +136,20 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
             )
             for o in args.inductor
         ],
+        *[
+            (
+                f"linear:{o}",
+                f"fast+fused, {args.decode_attention} attention, few-row linear kernel, inductor {o}",
+                kernel_linears,
+                {"inductor_options": parse_inductor_options(o), "prefer": {"linear": "triton"}},
+            )
+            for o in (args.inductor if args.linear_kernel else [])
+        ],
     ]:
         if key in args.skip:
             continue
         attention = key if key in ("math", "kernel") else "sdpa"
-        attention = args.decode_attention if key.startswith("inductor") else attention
+        attention = args.decode_attention if key.startswith(("inductor", "linear:")) else attention
         cache = static_cache(model, ids, args, attention)
         step = compile_greedy_step(dev, **kw)
         out.append((label, lambda n, m=m, c=cache, s=step: fast_greedy_generate(m, ids, n, s, c)))
@@ -224,6 +237,11 @@ def main() -> None:
         type=int,
         default=1,
         help="time every row this many times, rows interleaved (paired ratios to the first row)",
+    )
+    ap.add_argument(
+        "--linear-kernel",
+        action="store_true",
+        help="each --inductor row once more with tinylm-kernels' few-row linear in place of cuBLAS",
     )
     ap.add_argument("--graph-steps", default="", help="rows with k steps per CUDA graph, e.g. 8,32")
     ap.add_argument("--profile", default="", help="kernel table for rows whose label contains this text")

@@ -7,6 +7,7 @@ Triton modules import without Triton and then register backends that report them
 
 from tinylm.kernels.cross_entropy import fused_linear_cross_entropy, fused_linear_cross_entropy_reference
 from tinylm.kernels.decode_attention import decode_attention, decode_attention_reference
+from tinylm.kernels.linear import KernelLinear, linear, linear_reference, use_kernel_linears
 from tinylm.kernels.registry import (
     BACKEND_PRIORITY,
     ENV_VAR,
@@ -29,6 +30,7 @@ from tinylm.kernels import (  # noqa: F401
     cross_entropy_triton,
     decode_attention_triton,
     int8_gemv_triton,
+    linear_triton,
     rms_norm_cuda,
     rms_norm_triton,
     rope_triton,
@@ -38,6 +40,7 @@ from tinylm.kernels import (  # noqa: F401
 __all__ = [
     "BACKEND_PRIORITY",
     "ENV_VAR",
+    "KernelLinear",
     "apply_rope",
     "apply_rope_reference",
     "backends",
@@ -48,6 +51,8 @@ __all__ = [
     "fused_linear_cross_entropy",
     "fused_linear_cross_entropy_reference",
     "info_table",
+    "linear",
+    "linear_reference",
     "ops",
     "preferring",
     "register_backend",
@@ -55,4 +60,5 @@ __all__ = [
     "rms_norm_reference",
     "swiglu",
     "swiglu_reference",
+    "use_kernel_linears",
 ]

@@ -1,0 +1,66 @@
+"""Few-row linear ``y = x @ W.T (+ bias)``: the projections of a batched decode step (a few to 64 rows).
+
+At decode time a projection multiplies a handful of rows by a weight read once from HBM: at 32 rows the
+~110M model's 48 projections per step each took 4.5-5 us in cuBLAS on an H100 (BENCHMARKS 7e), about three
+times the time their bytes need, because its tiles leave most SMs idle. The Triton backend
+(``linear_triton.py``) tiles the output thinly and splits ``K`` so every SM streams weight. This module holds
+the public ``linear``, the reference (``F.linear``: the ``torch`` backend, fallback and test oracle) and
+``KernelLinear``, an ``nn.Linear`` whose forward dispatches the op, with ``use_kernel_linears(model)`` to swap
+a model's plain linears for it (inference: the op has no backward).
+Registered op: ``linear`` (import ``tinylm.kernels.linear_triton`` to add the Triton backend).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinylm.kernels.registry import dispatch, register_backend
+
+
+@register_backend("linear", "torch")
+def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``."""
+    return F.linear(x, weight, bias)
+
+
+def check_linear_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Raise a clear error on shapes or dtypes ``linear`` cannot take."""
+    if weight.dim() != 2:
+        raise ValueError(f"linear: weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: x has {x.shape[-1]} features, weight expects {weight.shape[1]}")
+    if x.dtype != weight.dtype:
+        raise TypeError(f"linear: x is {x.dtype} but weight is {weight.dtype}; cast one to the other")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"linear: bias has shape {tuple(bias.shape)}, need ({weight.shape[0]},)")
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, backend: str | None = None
+) -> torch.Tensor:
+    """``x @ weight.T (+ bias)`` on the best available backend (or ``backend``); inference only."""
+    check_linear_inputs(x, weight, bias)
+    return dispatch("linear", backend, x.device)(x, weight, bias)
+
+
+class KernelLinear(nn.Linear):
+    """An ``nn.Linear`` (same parameters, same ``state_dict``) whose forward is the ``linear`` op."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # chosen per call (env var, ``preferring``, best available): compiled code guards on the choice
+        return dispatch("linear", None, x.device)(x, self.weight, self.bias)
+
+
+def use_kernel_linears(model: nn.Module, skip: tuple[str, ...] = ()) -> int:
+    """Turn every plain ``nn.Linear`` of ``model`` (names not in ``skip``) into a ``KernelLinear`` in place.
+
+    The parameters are kept (no copy), so tied weights stay tied. Returns how many layers were changed.
+    """
+    changed = 0
+    for name, module in model.named_modules():
+        if type(module) is nn.Linear and name not in skip:
+            module.__class__ = KernelLinear
+            changed += 1
+    return changed
