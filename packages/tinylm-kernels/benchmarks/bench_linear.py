@@ -5,10 +5,9 @@
 
 For each projection shape of the ~110M decode step (fused q/k/v, o, fused gate/up, down, the tied head)
 and each row count, times ``F.linear`` (cuBLAS), ``few_row_linear`` with ``choose_tile``'s tile, and a
-sweep of tiles (``BLOCK_N``, ``BLOCK_K``, K splits). As in ``bench_int8_gemv_hbm.py``, every shape gets
-distinct weight copies cycled inside one CUDA graph (no launch overhead, nothing left in L2). The split
-rows include the float32 partial sums' reduction (a separate kernel here; fused by Inductor in a compiled
-step). Prints a markdown table (us per call) and writes ``{"device", "rows"}`` to ``--json``.
+sweep of tiles (``BLOCK_N``, ``BLOCK_K``). As in ``bench_int8_gemv_hbm.py``, every shape gets distinct
+weight copies cycled inside one CUDA graph (no launch overhead, nothing left in L2). Prints a markdown
+table (us per call) and writes ``{"device", "rows"}`` to ``--json``.
 """
 
 from __future__ import annotations
@@ -34,9 +33,8 @@ def measure(m: int, n: int, k: int, copies: int) -> dict:
     cublas = us_per_call([lambda w=w: F.linear(x, w) for w in weights])
     chosen = choose_tile(m, n, k)
     tiles = {chosen}
-    for bn, bk, splits in itertools.product((16, 32, 64), (64, 128, 256), (1, chosen[3], 2 * chosen[3])):
-        if k // splits >= bk:
-            tiles.add((chosen[0], bn, bk, splits))
+    for bn, bk in itertools.product((16, 32, 64), (64, 128, 256)):
+        tiles.add((chosen[0], bn, bk))
     timed = []
     for tile in sorted(tiles):
         err = (few_row_linear(x, weights[0], tile=tile).float() - ref).abs().max().item()
@@ -57,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.cuda.get_device_name()
     print(f"{device}, torch {torch.__version__}; bf16, us per call, weights from HBM\n")
-    print("| rows | N | K | cuBLAS | ours, chosen tile | chosen (BM, BN, BK, splits) | best tile | its us |")
+    print("| rows | N | K | cuBLAS | ours, chosen tile | chosen (BM, BN, BK) | best tile | its us |")
     print("|---:|---:|---:|---:|---:|---|---|---:|")
     out = []
     for m in (int(r) for r in args.rows.split(",") if r):

@@ -1,9 +1,10 @@
 """Few-row linear ``y = x @ W.T (+ bias)``: the projections of a batched decode step (a few to 64 rows).
 
 At decode time a projection multiplies a handful of rows by a weight read once from HBM: at 32 rows the
-~110M model's 48 projections per step each took 4.5-5 us in cuBLAS on an H100 (BENCHMARKS 7e), about three
-times the time their bytes need, because its tiles leave most SMs idle. The Triton backend
-(``linear_triton.py``) tiles the output thinly and splits ``K`` so every SM streams weight. This module holds
+~110M model's 48 projections per step each take 4.5-5 us in cuBLAS on an H100 (BENCHMARKS 7e), about three
+times what their bytes need. The Triton backend (``linear_triton.py``) is a thin-tile kernel for that case,
+a plug-in for trying such kernels inside a compiled decode step; measured, it matches cuBLAS rather than
+beating it (BENCHMARKS 7f), so nothing uses it by default. This module holds
 the public ``linear``, the reference (``F.linear``: the ``torch`` backend, fallback and test oracle) and
 ``KernelLinear``, an ``nn.Linear`` whose forward dispatches the op, with ``use_kernel_linears(model)`` to swap
 a model's plain linears for it (inference: the op has no backward).

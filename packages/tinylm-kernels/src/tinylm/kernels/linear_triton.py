@@ -1,14 +1,15 @@
 """Triton backend of ``linear``: a thin-tile matrix multiply for few rows (decode), the reference otherwise.
 
-Each program computes a ``(BLOCK_M, BLOCK_N)`` tile of ``y`` over one slice of ``K``: every row of ``x``
-(``BLOCK_M`` covers all of them) against ``BLOCK_N`` rows of ``W``, with ``tl.dot`` on the tensor cores.
-``choose_tile`` keeps ``BLOCK_N`` small and splits ``K`` until there are about two programs per SM, so the
-weight (read exactly once) streams through all SMs; cuBLAS's tiles for 32 rows leave most of them idle.
-With several splits each program writes a float32 partial sum and ``y`` is their sum, a plain torch
-reduction that ``torch.compile`` fuses into whatever consumes ``y`` (the residual add, the next norm).
-The launcher is a ``torch.library.triton_op`` (kernel through ``wrap_triton``), so a compiled decode step
-keeps the kernel inside its one graph. Layers: ``_linear_kernel`` -> ``few_row_linear`` -> op
-``tinylm::few_row_linear`` -> backend ``linear_triton``. Oracle: ``linear_reference`` in ``linear.py``.
+Each program computes a ``(BLOCK_M, BLOCK_N)`` tile of ``y``: every row of ``x`` (``BLOCK_M`` covers all
+of them) against ``BLOCK_N`` rows of ``W`` over all of ``K``, with ``tl.dot`` on the tensor cores, so the
+weight is read exactly once. ``choose_tile`` holds the tiles that won per shape on an H100 with the weights
+streamed from HBM (``benchmarks/bench_linear.py``, BENCHMARKS 7f). There it matched cuBLAS within 5-15%
+on the ~110M model's projections and beat it only on the 32000-row head (the honest result: cuBLAS is at
+the same few-microsecond floor); splitting ``K`` over more programs lost, the partial sums' extra kernel
+costing more than the idle SMs. The launcher is a ``torch.library.triton_op`` (kernel through
+``wrap_triton``), so a compiled decode step keeps the kernel inside its one graph. Layers:
+``_linear_kernel`` -> ``few_row_linear`` -> op ``tinylm::few_row_linear`` -> backend ``linear_triton``.
+Oracle: ``linear_reference`` in ``linear.py``.
 """
 
 from __future__ import annotations
@@ -29,26 +30,23 @@ from tinylm.kernels.triton_support import (
     why_triton_unavailable,
 )
 
-MAX_ROWS = 64  # more rows: cuBLAS's tiles fill the SMs by themselves (the reference is used)
-TARGET_PROGRAMS = 264  # two per SM of an H100 (132 SMs)
+MAX_ROWS = 64  # more rows: a matrix multiply proper (the reference: cuBLAS)
 
 
 @triton.jit
 def _linear_kernel(
-    Y, X, W, B, M, N, K, k_split, stride_xm, stride_wn, stride_ym, stride_ys,
+    Y, X, W, B, M, N, K, stride_xm, stride_wn, stride_ym,
     HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
-    split = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m, mask_n = offs_m < M, offs_n < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_end = tl.minimum(split * k_split + k_split, K)
-    for k0 in range(split * k_split, k_end, BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < k_end
+        mask_k = offs_k < K
         x = tl.load(X + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :],
                     other=0.0)  # fmt: skip
         w = tl.load(W + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :],
@@ -59,19 +57,17 @@ def _linear_kernel(
             acc = tl.dot(x, tl.trans(w), acc)
     if HAS_BIAS:
         acc += tl.load(B + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    y_ptrs = Y + split * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :]
+    y_ptrs = Y + offs_m[:, None] * stride_ym + offs_n[None, :]
     tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-def choose_tile(m: int, n: int, k: int) -> tuple[int, int, int, int]:
-    """``(BLOCK_M, BLOCK_N, BLOCK_K, splits)`` for ``m`` rows: thin output tiles, ``K`` split until the
-    grid has about ``TARGET_PROGRAMS`` programs, each slice at least 256 wide."""
+def choose_tile(m: int, n: int, k: int) -> tuple[int, int, int]:
+    """``(BLOCK_M, BLOCK_N, BLOCK_K)`` for ``m`` rows of ``(n, k)``: the H100 winners of bench_linear.py
+    (thin output tiles, a wide ``K`` step; wider output tiles for a vocabulary-sized head)."""
     block_m = max(16, next_power_of_2(m))
-    block_n = 16 if m <= 32 else 32
-    block_k = 128 if k <= 1024 else 256
-    tiles = -(-n // block_n)
-    splits = max(1, min(TARGET_PROGRAMS // tiles, k // 256))
-    return block_m, block_n, block_k, splits
+    block_n = 64 if n >= 16384 else 32 if m <= 16 and k <= 1024 else 16
+    block_k = 64 if n >= 16384 else min(256, max(16, next_power_of_2(k)))
+    return block_m, block_n, block_k
 
 
 def _launchable(kernel):
@@ -89,35 +85,21 @@ def few_row_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
-    tile: tuple[int, int, int, int] | None = None,
+    tile: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """Launch the kernel: ``x`` (..., K) with at most ``MAX_ROWS`` rows, ``weight`` (N, K) contiguous.
 
-    ``tile``: ``(BLOCK_M, BLOCK_N, BLOCK_K, splits)`` in place of ``choose_tile``'s (benchmarks)."""
+    ``tile``: ``(BLOCK_M, BLOCK_N, BLOCK_K)`` in place of ``choose_tile``'s (benchmarks)."""
     n, k = weight.shape
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
-    block_m, block_n, block_k, splits = tile or choose_tile(m, n, k)
-    # each slice a multiple of BLOCK_K so no tile straddles two slices
-    k_split = triton.cdiv(triton.cdiv(k, splits), block_k) * block_k
-    splits = triton.cdiv(k, k_split)
-    grid = (triton.cdiv(n, block_n), splits)
-    ieee = x.dtype == torch.float32
-    if splits == 1:
-        y = torch.empty((m, n), device=x.device, dtype=x.dtype)
-        _launch[grid](
-            y, x2, weight, bias if bias is not None else y, m, n, k, k_split, x2.stride(0), weight.stride(0),
-            y.stride(0), 0, HAS_BIAS=bias is not None, IEEE=ieee, BLOCK_M=block_m, BLOCK_N=block_n,
-            BLOCK_K=block_k,
-        )  # fmt: skip
-    else:
-        part = torch.empty((splits, m, n), device=x.device, dtype=torch.float32)
-        _launch[grid](
-            part, x2, weight, part, m, n, k, k_split, x2.stride(0), weight.stride(0), part.stride(1),
-            part.stride(0), HAS_BIAS=False, IEEE=ieee, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        )  # fmt: skip
-        y = part.sum(0)
-        y = (y + bias.to(torch.float32) if bias is not None else y).to(x.dtype)
+    block_m, block_n, block_k = tile or choose_tile(m, n, k)
+    y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    _launch[(triton.cdiv(n, block_n),)](
+        y, x2, weight, bias if bias is not None else y, m, n, k, x2.stride(0), weight.stride(0), y.stride(0),
+        HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_K=block_k,
+    )  # fmt: skip
     return y.reshape(*x.shape[:-1], n)
 
 
