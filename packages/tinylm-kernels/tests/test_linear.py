@@ -56,7 +56,7 @@ def test_matches_float64(backend, device, x_shape, n, dtype, tol, bias, assert_c
 
 @pytest.mark.triton
 @needs_triton
-@pytest.mark.parametrize("tile", [(32, 16, 128), (32, 32, 64), (64, 64, 256)])
+@pytest.mark.parametrize("tile", [(32, 16, 128), (32, 32, 64), (64, 64, 64)])
 def test_every_tile(device, tile, assert_close_f64):
     """Tiles that do not divide N, K or the rows (masked edges)."""
     x, w, b = inputs((20, 1100), 70, torch.float32, device, True)
@@ -78,6 +78,18 @@ def test_tile_choice():
     assert choose_tile(32, 768, 2048) == (32, 16, 256)
     assert choose_tile(33, 32000, 768) == (64, 64, 64)
     assert choose_tile(3, 40, 70) == (16, 32, 128)
+    for m in (1, 16, 33, 64):  # every tile's pipeline stage fits shared memory, float32 included
+        for element_size in (2, 4):
+            bm, bn, bk = choose_tile(m, 4096, 4096, element_size)
+            assert (bm + bn) * bk * element_size <= 48 * 1024, (m, element_size)
+    assert choose_tile(64, 768, 2048, element_size=4) == (64, 16, 128)
+
+
+@pytest.mark.triton
+@needs_triton
+def test_float32_at_64_rows_uses_the_chosen_tile(device, assert_close_f64):
+    x, w, b = inputs((64, 2048), 48, torch.float32, device, True)
+    assert_close_f64(few_row_linear(x, w, b), oracle(x, w, b), 1e-5, "64 rows fp32")
 
 
 def test_kernel_linear_is_an_nn_linear_using_the_op(monkeypatch):

@@ -31,6 +31,7 @@ from tinylm.kernels.triton_support import (
 )
 
 MAX_ROWS = 64  # more rows: a matrix multiply proper (the reference: cuBLAS)
+STAGE_BYTES = 48 * 1024  # x and W tiles of one pipeline stage (Triton keeps 3 stages in shared memory)
 
 
 @triton.jit
@@ -61,12 +62,16 @@ def _linear_kernel(
     tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
-def choose_tile(m: int, n: int, k: int) -> tuple[int, int, int]:
+def choose_tile(m: int, n: int, k: int, element_size: int = 2) -> tuple[int, int, int]:
     """``(BLOCK_M, BLOCK_N, BLOCK_K)`` for ``m`` rows of ``(n, k)``: the H100 winners of bench_linear.py
-    (thin output tiles, a wide ``K`` step; wider output tiles for a vocabulary-sized head)."""
+    (thin output tiles, a wide ``K`` step; wider output tiles for a vocabulary-sized head), with the ``K``
+    step narrowed where one pipeline stage of the ``x`` and ``W`` tiles would pass ``STAGE_BYTES`` (float32
+    at 64 rows: three stages of 256-wide tiles need more shared memory than an SM has)."""
     block_m = max(16, next_power_of_2(m))
     block_n = 64 if n >= 16384 else 32 if m <= 16 and k <= 1024 else 16
     block_k = 64 if n >= 16384 else min(256, max(16, next_power_of_2(k)))
+    while block_k > 16 and (block_m + block_n) * block_k * element_size > STAGE_BYTES:
+        block_k //= 2
     return block_m, block_n, block_k
 
 
@@ -93,7 +98,7 @@ def few_row_linear(
     n, k = weight.shape
     x2 = x.reshape(-1, k).contiguous()
     m = x2.shape[0]
-    block_m, block_n, block_k = tile or choose_tile(m, n, k)
+    block_m, block_n, block_k = tile or choose_tile(m, n, k, x.element_size())
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     _launch[(triton.cdiv(n, block_n),)](
         y, x2, weight, bias if bias is not None else y, m, n, k, x2.stride(0), weight.stride(0), y.stride(0),
