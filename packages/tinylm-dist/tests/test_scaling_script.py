@@ -58,3 +58,25 @@ def test_numa_binding_reaches_torchrun_before_the_script(tmp_path, capsys):
     from torch.numa.binding import AffinityMode
 
     assert set(scaling.NUMA_MODES) == {m.value for m in AffinityMode}
+
+
+def test_speedup_per_round_and_loss_check_over_launches():
+    """Speedups pair the launches of one round; the loss check compares each GPU count's mean over its
+    launches (a failed launch left out) and reports the launch-to-launch spread."""
+    scaling = load_scaling()
+    base = {"preset": "large", "strategy": "ddp", "state_gib_per_gpu": 2.0}
+    one = {**base, "gpus": 1, "tokens_per_s": 100.0, "final_loss": 3.70}
+    one.update(tokens_per_s_launches=[100.0, 90.0, 110.0], final_loss_launches=[3.70, 3.72, None])
+    two = {**base, "gpus": 2, "tokens_per_s": 190.0, "final_loss": 3.69, "state_gib_per_gpu": 1.0}
+    two.update(tokens_per_s_launches=[196.0, 180.0, None], final_loss_launches=[3.69, 3.73, 3.71])
+    rows = [one, two]
+    scaling.summarise(rows)
+    assert two["speedup_rounds"] == [1.96, 2.0] and two["speedup"] == 1.9 and two["state_vs_1gpu"] == 0.5
+    report = scaling.check_losses(rows)
+    # means 3.71 and 3.71: the same training, though single launches differ by up to 0.04
+    assert "spread 0.0000 over 2 GPU counts" in report and "PASS" in report and "up to 0.0400" in report
+    two["final_loss_launches"] = [3.80, 3.79, 3.81]
+    assert "FAIL" in scaling.check_losses(rows)
+    old = {**two, "final_loss": 3.71}  # results written before launches were kept: the one loss
+    del old["final_loss_launches"]
+    assert scaling.launch_losses(old) == [3.71]
