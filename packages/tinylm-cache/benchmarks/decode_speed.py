@@ -17,7 +17,9 @@ such row once more with every projection and the head on tinylm-kernels' few-row
 ``--graph-steps``: ``k`` steps of the fused model per CUDA-graph replay (``GraphedGreedySteps``), two
 ablations, and ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
 ``--quant``: the fused fast decoder on the model quantized with each scheme (tinylm-quant), against the
-bf16 fused fast row. ``--fast-options``: Inductor settings for the k-steps and quant rows. ``--rounds R``:
+bf16 fused fast row (``int8_weight_only_gemv`` also with the Triton GEMV and, ``--int8-linear-form``, with
+the int8 product compiled as ``F.linear`` on the converted weight). ``--fast-options``: Inductor settings
+for the k-steps and quant rows. ``--rounds R``:
 every row timed R times, rows interleaved, with per-round ratios to the workload's first row (the card's
 speed drifts by 15-25% within one process on the lent H100s, so compare rows round by round).
 Every row's tokens are checked against the eager static decoder of the same model.
@@ -52,6 +54,7 @@ from tinylm.core.bench.profiling import profiled
 from tinylm.core.bench.timing import measure
 from tinylm.core.fusion import fuse_projections
 from tinylm.kernels import use_kernel_linears
+from tinylm.kernels.int8_gemv import REDUCTION_MAX_ROWS, compiled_reduction_rows
 
 
 def rate(run, batch: int, n: int, repeats: int, device: str) -> dict:
@@ -182,25 +185,33 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
     from tinylm.quant import quantize
 
     out = []
-    # (scheme, hand-written kernel): the int8 GEMV scheme runs twice, with int8_linear's torch backend
-    # (the default of the fast decoder: compiled, a reduction over int8 loads that Inductor generates and
-    # fuses) and with the hand-written Triton GEMV
-    jobs = [(s, False) for s in ["none", *args.quant]]
-    jobs += [(s, True) for s in args.quant if s == "int8_weight_only_gemv" and "triton_gemv" not in args.skip]
-    for scheme, triton_gemv in jobs:
+    # (scheme, variant): the int8 GEMV scheme runs with int8_linear's torch backend (the default of the fast
+    # decoder: compiled, a reduction over int8 loads that Inductor generates and fuses), with the
+    # hand-written Triton GEMV, and with --int8-linear-form, as F.linear on the converted weight
+    jobs = [(s, "") for s in ["none", *args.quant]]
+    gemv = [s for s in args.quant if s == "int8_weight_only_gemv"]
+    jobs += [(s, "Triton GEMV") for s in gemv if "triton_gemv" not in args.skip]
+    jobs += [(s, "F.linear form") for s in gemv if args.int8_linear_form]
+    for scheme, variant in jobs:
         m = copy.deepcopy(model)
         fuse_projections(m)
         if scheme != "none":
             quantize(m, scheme)
         c = static_cache(model, ids, args, args.decode_attention)
-        prefer = {"int8_linear": "triton"} if triton_gemv else {}
+        prefer = {"int8_linear": "triton"} if variant == "Triton GEMV" else {}
         step = compile_greedy_step(
             ids.device, prefer=prefer, inductor_options=parse_inductor_options(args.fast_options)
         )
         label = f"fast+fused {'bf16' if scheme == 'none' else scheme}, {args.decode_attention} attention"
         label += options_label(args)
-        label += " (Triton GEMV)" if triton_gemv else ""
-        out.append((label, lambda n, m=m, c=c, s=step: fast_greedy_generate(m, ids, n, s, c)))
+        label += f" ({variant})" if variant else ""
+        rows = 0 if variant == "F.linear form" else REDUCTION_MAX_ROWS
+
+        def run(n, m=m, c=c, s=step, rows=rows):
+            with compiled_reduction_rows(rows):
+                return fast_greedy_generate(m, ids, n, s, c)
+
+        out.append((label, run))
     return out
 
 
@@ -212,7 +223,8 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (--workloads quick:1)")
-    ap.add_argument("--quant", default="", help="comma-separated tinylm-quant schemes (110M, batch 1)")
+    ap.add_argument("--quant", default="", help="comma-separated tinylm-quant schemes (batch 1)")
+    ap.add_argument("--quant-model", default="110M", help="the model of the --quant rows")
     rows = "previous,notune,opaque,fast,fused,math,kernel,autotune,triton_gemv"
     ap.add_argument("--skip", default="", help=f"rows to leave out, any of {rows}")
     ap.add_argument(
@@ -243,6 +255,11 @@ def main() -> None:
         action="store_true",
         help="each --inductor row once more with tinylm-kernels' few-row linear in place of cuBLAS",
     )
+    ap.add_argument(
+        "--int8-linear-form",
+        action="store_true",
+        help="with --quant int8_weight_only_gemv: a row with the int8 product compiled as F.linear",
+    )
     ap.add_argument("--graph-steps", default="", help="rows with k steps per CUDA graph, e.g. 8,32")
     ap.add_argument("--profile", default="", help="kernel table for rows whose label contains this text")
     args = ap.parse_args()
@@ -254,7 +271,7 @@ def main() -> None:
     dev = torch.device(args.device)
     rows = []
     jobs = [(w.split(":")[0], int(w.split(":")[1]), "decode") for w in args.workloads.split(",") if w]
-    jobs += [("110M", 1, "quant")] if args.quant else []
+    jobs += [(args.quant_model, 1, "quant")] if args.quant else []
     for name, batch, kind in jobs:
         if name not in MODELS:
             raise SystemExit(f"unknown model {name!r}; known: {', '.join(MODELS)}")

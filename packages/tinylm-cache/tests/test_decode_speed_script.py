@@ -36,3 +36,24 @@ def test_every_row_runs_and_agrees_with_the_eager_decoder(tmp_path):
         assert len(r["rounds_tokens_per_s"]) == 2 and len(r["vs_first_row_rounds"]) == 2, r
     assert rows[0]["vs_first_row_rounds"] == [1.0, 1.0]
     assert "paired per round (2 rounds)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_int8_rows_run_and_agree_with_the_eager_decoder(tmp_path):
+    """The --quant rows: bf16, int8 through the compiled reduction, and int8 compiled as F.linear."""
+    args = ("--device cpu --quant int8_weight_only_gemv --quant-model quick --new-tokens 6 --repeats 1 "
+            "--skip triton_gemv --int8-linear-form").split()  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(BENCH / "decode_speed.py"), *args, "--workloads", "", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "decode_speed.json").read_text())["rows"]
+    assert [r["row"] for r in rows] == [
+        "fast+fused bf16, sdpa attention",
+        "fast+fused int8_weight_only_gemv, sdpa attention",
+        "fast+fused int8_weight_only_gemv, sdpa attention (F.linear form)",
+    ]
+    for r in rows:
+        assert "error" not in r and "tokens_per_s" in r, r
+    # int8 is lossy: the two int8 forms compute the same numbers, so they agree with each other's oracle
+    assert rows[1]["agreement_vs_eager_static"] == rows[2]["agreement_vs_eager_static"]

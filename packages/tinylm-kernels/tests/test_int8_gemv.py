@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from tinylm.kernels import int8_gemv as int8_gemv_module
 from tinylm.kernels import int8_gemv_triton
-from tinylm.kernels.int8_gemv import int8_linear, int8_linear_reference
+from tinylm.kernels.int8_gemv import compiled_reduction_rows, int8_linear, int8_linear_reference
 from tinylm.kernels.int8_gemv_triton import GEMV_MAX_ROWS, int8_gemv
 from tinylm.kernels.triton_support import triton_available
 
@@ -89,3 +90,19 @@ def test_llm_shapes_on_gpu(assert_close_f64):
 
 def test_triton_kernels_under_interpreter(run_triton_tests_under_interpreter):
     run_triton_tests_under_interpreter(__file__)
+
+
+def test_compiled_reduction_rows_switches_the_compiled_form(assert_close_f64):
+    """``compiled_reduction_rows(0)``: one row compiles as F.linear (gpt-fast's form), same numbers; the
+    setting is restored after the block and a negative count is refused."""
+    x, w, scale, b = inputs((1, 300), 17, torch.float32, "cpu", True)
+    graphs = []
+    torch._dynamo.reset()
+    f = torch.compile(int8_linear_reference, backend=lambda gm, _: graphs.append(gm) or gm, fullgraph=True)
+    with compiled_reduction_rows(0):
+        assert_close_f64(f(x, w, scale, b), oracle(x, w, scale, b), 1e-5, "F.linear form")
+    assert int8_gemv_module.REDUCTION_MAX_ROWS == 8
+    ops = {str(node.target) for node in graphs[-1].graph.nodes}
+    assert any("linear" in o for o in ops) and not any("sum" in o for o in ops)
+    with pytest.raises(ValueError, match="rows must be >= 0"), compiled_reduction_rows(-1):
+        pass

@@ -13,12 +13,31 @@ Registered op: ``int8_linear`` (import ``tinylm.kernels.int8_gemv_triton`` to ad
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
 from tinylm.kernels.registry import dispatch, register_backend
 
 REDUCTION_MAX_ROWS = 8  # compiled, up to this many rows the torch backend is a reduction (more: F.linear)
+
+
+@contextlib.contextmanager
+def compiled_reduction_rows(rows: int) -> Iterator[None]:
+    """Within the block, the compiled ``torch`` backend writes up to ``rows`` rows as the reduction over int8
+    loads and more rows as ``F.linear`` on the converted weight (gpt-fast's form, which Inductor lowers its
+    own way); ``0``: always ``F.linear``. For comparing the two forms: wrap the calls that compile, as the
+    value is read when a function is traced (``torch.compile`` guards on it)."""
+    global REDUCTION_MAX_ROWS
+    if rows < 0:
+        raise ValueError(f"rows must be >= 0, got {rows}")
+    saved, REDUCTION_MAX_ROWS = REDUCTION_MAX_ROWS, rows
+    try:
+        yield
+    finally:
+        REDUCTION_MAX_ROWS = saved
 
 
 @register_backend("int8_linear", "torch")

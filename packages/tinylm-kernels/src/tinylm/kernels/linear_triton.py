@@ -3,9 +3,9 @@
 Each program computes a ``(BLOCK_M, BLOCK_N)`` tile of ``y``: every row of ``x`` (``BLOCK_M`` covers all
 of them) against ``BLOCK_N`` rows of ``W`` over all of ``K``, with ``tl.dot`` on the tensor cores, so the
 weight is read exactly once. ``choose_tile`` holds the tiles that won per shape on an H100 with the weights
-streamed from HBM (``benchmarks/bench_linear.py``, BENCHMARKS 7f). There it matched cuBLAS within 5-15%
-on the ~110M model's projections and beat it only on the 32000-row head (the honest result: cuBLAS is at
-the same few-microsecond floor); splitting ``K`` over more programs lost, the partial sums' extra kernel
+streamed from HBM (``benchmarks/bench_linear.py``, BENCHMARKS 7f). There it beat cuBLAS by 4-13% on the
+square o-projection and the 32000-row head and lost by up to 6% on the others: both sit at the same
+few-microsecond floor per launch. Splitting ``K`` over more programs lost, the partial sums' extra kernel
 costing more than the idle SMs. The launcher is a ``torch.library.triton_op`` (kernel through
 ``wrap_triton``), so a compiled decode step keeps the kernel inside its one graph. Layers:
 ``_linear_kernel`` -> ``few_row_linear`` -> op ``tinylm::few_row_linear`` -> backend ``linear_triton``.
@@ -135,4 +135,4 @@ def linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     takes = takes and kernels_take("linear", x=x, weight=weight) and x.dtype == weight.dtype
     if not takes:
         return linear_reference(x, weight, bias)
-    return _run(x, weight.contiguous(), bias)
+    return _run(x, weight.contiguous(), bias.contiguous() if bias is not None else None)
