@@ -17,8 +17,9 @@ such row once more with every projection and the head on tinylm-kernels' few-row
 ``--graph-steps``: ``k`` steps of the fused model per CUDA-graph replay (``GraphedGreedySteps``), two
 ablations, and ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
 ``--quant``: the fused fast decoder on the model quantized with each scheme (tinylm-quant), against the
-bf16 fused fast row (``int8_weight_only_gemv`` also with the Triton GEMV and, ``--int8-linear-form``, with
-the int8 product compiled as ``F.linear`` on the converted weight). ``--fast-options``: Inductor settings
+bf16 fused fast row (``int8_weight_only_gemv`` also with the Triton GEMV, ``--int8-linear-form`` with
+the int8 product compiled as ``F.linear`` on the converted weight and, ``--int8-fold-norms mlp,attn``, with
+the RMSNorms folded into the Triton int8 GEMVs they feed). ``--fast-options``: Inductor settings
 for the k-steps and quant rows. ``--rounds R``:
 every row timed R times, rows interleaved, with per-round ratios to the workload's first row (the card's
 speed drifts by 15-25% within one process on the lent H100s, so compare rows round by round).
@@ -183,6 +184,7 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
 
 def quant_variants(model, ids, args) -> list[tuple[str, object]]:
     from tinylm.quant import quantize
+    from tinylm.quant.gemv import fold_rms_norms
 
     out = []
     # (scheme, variant): the int8 GEMV scheme runs with int8_linear's torch backend (the default of the fast
@@ -192,13 +194,17 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
     gemv = [s for s in args.quant if s == "int8_weight_only_gemv"]
     jobs += [(s, "Triton GEMV") for s in gemv if "triton_gemv" not in args.skip]
     jobs += [(s, "F.linear form") for s in gemv if args.int8_linear_form]
+    jobs += [(s, f"RMSNorm folded into {args.int8_fold_norms}") for s in gemv if args.int8_fold_norms]
     for scheme, variant in jobs:
         m = copy.deepcopy(model)
         fuse_projections(m)
         if scheme != "none":
             quantize(m, scheme)
-        c = static_cache(model, ids, args, args.decode_attention)
         prefer = {"int8_linear": "triton"} if variant == "Triton GEMV" else {}
+        if variant.startswith("RMSNorm folded"):
+            fold_rms_norms(m, tuple(args.int8_fold_norms.split(",")))
+            prefer = {"rms_norm_int8_linear": "triton"}
+        c = static_cache(model, ids, args, args.decode_attention)
         step = compile_greedy_step(
             ids.device, prefer=prefer, inductor_options=parse_inductor_options(args.fast_options)
         )
@@ -259,6 +265,12 @@ def main() -> None:
         "--int8-linear-form",
         action="store_true",
         help="with --quant int8_weight_only_gemv: a row with the int8 product compiled as F.linear",
+    )
+    ap.add_argument(
+        "--int8-fold-norms",
+        default="",
+        help="with --quant int8_weight_only_gemv: a row with the RMSNorms folded into the int8 GEMVs of "
+        "these sites (attn, mlp; tinylm.quant.gemv.fold_rms_norms)",
     )
     ap.add_argument("--graph-steps", default="", help="rows with k steps per CUDA graph, e.g. 8,32")
     ap.add_argument("--profile", default="", help="kernel table for rows whose label contains this text")

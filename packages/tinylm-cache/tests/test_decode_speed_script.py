@@ -40,9 +40,10 @@ def test_every_row_runs_and_agrees_with_the_eager_decoder(tmp_path):
 
 @pytest.mark.slow
 def test_int8_rows_run_and_agree_with_the_eager_decoder(tmp_path):
-    """The --quant rows: bf16, int8 through the compiled reduction, and int8 compiled as F.linear."""
+    """The --quant rows: bf16, int8 through the compiled reduction, int8 compiled as F.linear, and int8 with
+    the RMSNorms folded into the GEMVs (on CPU: the op's reference backend)."""
     args = ("--device cpu --quant int8_weight_only_gemv --quant-model quick --new-tokens 6 --repeats 1 "
-            "--skip triton_gemv --int8-linear-form").split()  # fmt: skip
+            "--skip triton_gemv --int8-linear-form --int8-fold-norms mlp,attn").split()  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, str(BENCH / "decode_speed.py"), *args, "--workloads", "", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
@@ -52,6 +53,7 @@ def test_int8_rows_run_and_agree_with_the_eager_decoder(tmp_path):
         "fast+fused bf16, sdpa attention",
         "fast+fused int8_weight_only_gemv, sdpa attention",
         "fast+fused int8_weight_only_gemv, sdpa attention (F.linear form)",
+        "fast+fused int8_weight_only_gemv, sdpa attention (RMSNorm folded into mlp,attn)",
     ]
     for r in rows:
         assert "error" not in r and "tokens_per_s" in r, r

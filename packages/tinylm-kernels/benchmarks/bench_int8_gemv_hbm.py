@@ -57,8 +57,8 @@ def measure_shape(n: int, k: int) -> dict:
 
     def tile_call(q: torch.Tensor, bn: int, bk: int, warps: int) -> None:
         gemv._int8_gemv_kernel[(-(-n // bn), 1)](
-            y, x, q, scale, scale, n, k, x.stride(0), q.stride(0), y.stride(0),
-            HAS_BIAS=False, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+            y, x, q, scale, scale, scale, n, k, 1e-6, x.stride(0), q.stride(0), y.stride(0),
+            HAS_BIAS=False, NORM=False, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
         )  # fmt: skip
 
     tiles = sorted(

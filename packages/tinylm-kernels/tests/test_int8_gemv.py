@@ -5,7 +5,12 @@ import torch
 
 from tinylm.kernels import int8_gemv as int8_gemv_module
 from tinylm.kernels import int8_gemv_triton
-from tinylm.kernels.int8_gemv import compiled_reduction_rows, int8_linear, int8_linear_reference
+from tinylm.kernels.int8_gemv import (
+    compiled_reduction_rows,
+    int8_linear,
+    int8_linear_reference,
+    rms_norm_int8_linear,
+)
 from tinylm.kernels.int8_gemv_triton import GEMV_MAX_ROWS, int8_gemv
 from tinylm.kernels.triton_support import triton_available
 
@@ -106,3 +111,48 @@ def test_compiled_reduction_rows_switches_the_compiled_form(assert_close_f64):
     assert any("linear" in o for o in ops) and not any("sum" in o for o in ops)
     with pytest.raises(ValueError, match="rows must be >= 0"), compiled_reduction_rows(-1):
         pass
+
+
+def norm_oracle(x, g, eps, w, scale, b):
+    xd = x.double()
+    return oracle(xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + eps) * g.double(), w, scale, b)
+
+
+@pytest.mark.parametrize(("x_shape", "n"), SHAPES)
+@pytest.mark.parametrize(("dtype", "tol"), DTYPES)
+@pytest.mark.parametrize("bias", [False, True])
+def test_rms_norm_folded_in_matches_float64(backend, device, x_shape, n, dtype, tol, bias, assert_close_f64):
+    """The norm folded into the GEMV (its 1/rms applied after the sum) equals norm-then-product."""
+    x, w, scale, b = inputs(x_shape, n, dtype, device, bias)
+    g = (torch.rand(x_shape[-1], generator=torch.Generator().manual_seed(n)) + 0.5).to(device, dtype)
+    y = rms_norm_int8_linear(x * 3.0, g, 1e-5, w, scale, b, backend=backend)  # not unit scale: rms matters
+    assert y.dtype == dtype and y.shape == (*x_shape[:-1], n)
+    assert_close_f64(y, norm_oracle(x * 3.0, g, 1e-5, w, scale, b), tol, "output")
+
+
+def test_rms_norm_int8_linear_errors():
+    x, w, scale, _ = inputs((2, 8), 4, torch.float32, "cpu", False)
+    with pytest.raises(ValueError, match=r"norm_weight has shape \(7,\), need \(8,\)"):
+        rms_norm_int8_linear(x, torch.ones(7), 1e-6, w, scale)
+    with pytest.raises(TypeError, match="2-D int8"):
+        rms_norm_int8_linear(x, torch.ones(8), 1e-6, w.float(), scale)
+
+
+@pytest.mark.parametrize("eps_type", ["fp32", "fp64"])
+@pytest.mark.parametrize("norm", [False, True])
+def test_kernel_compiles_for_hopper(eps_type, norm):
+    """Triton compiles the GEMV for sm_90 without a GPU, with the norm folded in or not, and with ``eps`` as
+    Triton passes it (fp32) and as a compiled graph may (fp64)."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = int8_gemv_triton._int8_gemv_kernel
+    constexprs = {"HAS_BIAS": True, "NORM": norm, "BLOCK_N": 4, "BLOCK_K": 512}
+    types = {name: "*bf16" for name in ("Y", "X", "S", "B", "G")}
+    types.update(W="*i8", eps=eps_type)
+    signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in fn.arg_names}
+    src = ASTSource(fn=fn, signature=signature,
+                    constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})  # fmt: skip
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+    assert ("rsqrt" in ptx) == norm and "ld.global" in ptx

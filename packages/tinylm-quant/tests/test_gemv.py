@@ -33,3 +33,41 @@ def test_gemv_round_trip(tiny, ids, tmp_path):
     assert isinstance(loaded.layers[0].attn.o_proj, Int8GemvLinear)
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, q(ids).logits)
+
+
+def test_fold_rms_norms_keeps_the_logits(tiny, ids):
+    """Each pre-norm block's RMSNorm moves into the fused q/k/v and gate/up int8 projections: same logits
+    (float32; the norm is applied as a factor after the sum), two norms fewer per block."""
+    from tinylm.core.fusion import fuse_projections
+    from tinylm.quant.gemv import NormInt8GemvLinear, fold_rms_norms
+
+    model = tiny()
+    with torch.no_grad():  # non-trivial norm weights, so folding the wrong one would show
+        for block in model.layers:
+            block.attn_norm.weight.uniform_(0.5, 1.5)
+            block.mlp_norm.weight.uniform_(0.5, 1.5)
+    fuse_projections(model)
+    q = quantize(model, "int8_weight_only_gemv")
+    with torch.no_grad():
+        before = q(ids).logits
+    assert fold_rms_norms(q, sites=("mlp",)) == len(q.layers)
+    assert fold_rms_norms(q) == len(q.layers)  # the attention sites now; the MLP ones are done
+    block = q.layers[0]
+    assert isinstance(block.attn.qkv_proj, NormInt8GemvLinear) and isinstance(
+        block.mlp_norm, torch.nn.Identity
+    )
+    assert isinstance(block.mlp.gate_up_proj, NormInt8GemvLinear) and isinstance(
+        block.attn_norm, torch.nn.Identity
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(q(ids).logits, before, rtol=1e-4, atol=1e-4)
+    assert fold_rms_norms(q) == 0
+    with pytest.raises(ValueError, match="unknown fold site"):
+        fold_rms_norms(q, sites=("head",))
+
+
+def test_fold_rms_norms_leaves_unfused_or_unquantized_models_alone(tiny):
+    from tinylm.quant.gemv import fold_rms_norms
+
+    assert fold_rms_norms(quantize(tiny(), "int8_weight_only_gemv")) == 0  # q/k/v and gate/up not fused
+    assert fold_rms_norms(tiny()) == 0

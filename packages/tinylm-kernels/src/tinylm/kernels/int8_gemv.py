@@ -8,7 +8,10 @@ being compiled, for at most 8 rows, the ``torch`` backend writes the product as 
 a sum over ``K`` instead, which Inductor generates as one reduction kernel that reads the weight as int8
 (the dequantization fused into its loads) and fuses with its neighbours; ``int8_gemv_triton.py`` holds a
 hand-written fused GEMV kernel for few rows.
-Registered op: ``int8_linear`` (import ``tinylm.kernels.int8_gemv_triton`` to add the Triton backend).
+``rms_norm_int8_linear`` is ``int8_linear(rms_norm(x, norm_weight, eps), ...)`` as one op, so the Triton
+backend can fold the norm into the GEMV (one launch, the normalised activations never written out).
+Registered ops: ``int8_linear``, ``rms_norm_int8_linear`` (import ``tinylm.kernels.int8_gemv_triton`` to add
+the Triton backends).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from tinylm.kernels.registry import dispatch, register_backend
+from tinylm.kernels.rms_norm import rms_norm_reference
 
 REDUCTION_MAX_ROWS = 8  # compiled, up to this many rows the torch backend is a reduction (more: F.linear)
 
@@ -80,3 +84,35 @@ def int8_linear(
     """Int8 weight-only linear on the best available backend (or ``backend``); inference only."""
     check_int8_linear_inputs(x, weight, scale, bias)
     return dispatch("int8_linear", backend, x.device)(x, weight, scale.reshape(-1), bias)
+
+
+@register_backend("rms_norm_int8_linear", "torch")
+def rms_norm_int8_linear_reference(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``int8_linear_reference(rms_norm_reference(x, norm_weight, eps), weight, scale, bias)``."""
+    return int8_linear_reference(rms_norm_reference(x, norm_weight, eps), weight, scale, bias)
+
+
+def rms_norm_int8_linear(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """RMSNorm of ``x`` (weight ``norm_weight``) then the int8 weight-only linear, as one op (inference)."""
+    check_int8_linear_inputs(x, weight, scale, bias)
+    if norm_weight.shape != (x.shape[-1],):
+        raise ValueError(
+            f"rms_norm_int8_linear: norm_weight has shape {tuple(norm_weight.shape)}, need ({x.shape[-1]},)"
+        )
+    fn = dispatch("rms_norm_int8_linear", backend, x.device)
+    return fn(x, norm_weight, eps, weight, scale.reshape(-1), bias)

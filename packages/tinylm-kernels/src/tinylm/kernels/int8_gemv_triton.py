@@ -6,17 +6,23 @@ along K, then applies the per-row scale (and bias) once at the end::
 
     y[m, n] = scale[n] * sum_k W_q[n, k] * x[m, k]  (+ bias[n])
 
+With ``NORM`` (op ``rms_norm_int8_linear``) the RMSNorm before the projection is folded in: ``x`` is
+multiplied by the norm weight as it streams and its sum of squares is kept on the side, so the
+``1 / rms(x[m])`` factor is applied once after the sum. The normalised ``x`` is never written out, and
+the norm's own launch disappears.
+
 so the weight is read once, as int8: half the bytes of bf16, which is what a memory-bound batch-1 decode
 step pays for. For more than ``GEMV_MAX_ROWS`` rows (prefill) a matrix multiply is the right tool and the
 reference (``F.linear`` on the dequantized weight) is used. Layers: ``_int8_gemv_kernel`` -> launcher
-``int8_gemv`` -> backend ``int8_linear_triton`` (no autograd: inference only). Oracle:
-``int8_linear_reference`` in ``int8_gemv.py``. References: gpt-fast ``quantize.py`` (WeightOnlyInt8Linear);
+``int8_gemv`` -> backends ``int8_linear_triton`` and ``rms_norm_int8_linear_triton`` (no autograd:
+inference only). Oracles: ``int8_linear_reference`` and ``rms_norm_int8_linear_reference`` in
+``int8_gemv.py``. References: gpt-fast ``quantize.py`` (WeightOnlyInt8Linear);
 the split-free GEMV layout of FasterTransformer's weight-only kernels.
 """
 
 import torch
 
-from tinylm.kernels.int8_gemv import int8_linear_reference
+from tinylm.kernels.int8_gemv import int8_linear_reference, rms_norm_int8_linear_reference
 from tinylm.kernels.registry import register_backend
 from tinylm.kernels.triton_support import (
     DEVICE_TYPES,
@@ -40,24 +46,30 @@ TUNE_CONFIGS = ((4, 512, 4), (4, 1024, 4), (4, 2048, 8))
 
 @triton.jit
 def _int8_gemv_kernel(
-    Y, X, W, S, B, N, K, stride_xm, stride_wn, stride_ym,
-    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    Y, X, W, S, B, G, N, K, eps, stride_xm, stride_wn, stride_ym,
+    HAS_BIAS: tl.constexpr, NORM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     m = tl.program_id(1).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         x = tl.load(X + m * stride_xm + offs_k, mask=mask_k, other=0.0).to(tl.float32)  # (BLOCK_K,)
+        if NORM:  # RMSNorm of x folded in: its 1/rms is one factor per row, applied after the sum
+            squares += x * x
+            x = x * tl.load(G + offs_k, mask=mask_k, other=0.0).to(tl.float32)
         w_ptrs = W + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
         w = tl.load(w_ptrs, mask=mask_n[:, None] & mask_k[None, :], other=0).to(
             tl.float32
         )  # (BLOCK_N, BLOCK_K)
         acc += tl.sum(w * x[None, :], axis=1)
     acc = acc * tl.load(S + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    if NORM:  # eps may come in as float64 from a compiled graph: keep the product float32
+        acc = acc * tl.rsqrt((tl.sum(squares, axis=0) / K + eps).to(tl.float32))
     if HAS_BIAS:
         acc += tl.load(B + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     tl.store(Y + m * stride_ym + offs_n, acc.to(Y.dtype.element_ty), mask=mask_n)
@@ -72,24 +84,30 @@ if HAS_TRITON and not INTERPRETED:
 
 
 def int8_gemv(
-    x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
 ) -> torch.Tensor:
-    """Launch the GEMV kernel: ``x`` (..., K) with few rows, ``weight`` int8 (N, K), ``scale`` (N,)."""
+    """Launch the GEMV kernel: ``x`` (..., K) with few rows, ``weight`` int8 (N, K), ``scale`` (N,); with
+    ``norm_weight`` (K,) the product is taken with ``rms_norm(x, norm_weight, eps)`` in place of ``x``."""
     n, k = weight.shape
     x2 = x.reshape(-1, k).contiguous()
     weight, scale = weight.contiguous(), scale.contiguous()
+    g = norm_weight.contiguous() if norm_weight is not None else scale  # a placeholder pointer when unused
     y = torch.empty((x2.shape[0], n), device=x.device, dtype=x.dtype)
     if x2.shape[0] > 0 and n > 0:
-        args = (y, x2, weight, scale, bias if bias is not None else scale, n, k, x2.stride(0),
+        args = (y, x2, weight, scale, bias if bias is not None else scale, g, n, k, eps, x2.stride(0),
                 weight.stride(0), y.stride(0))  # fmt: skip
+        flags = {"HAS_BIAS": bias is not None, "NORM": norm_weight is not None}
         rows = x2.shape[0]
         if _tuned_kernel is not None:
-            _tuned_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), rows)](
-                *args, HAS_BIAS=bias is not None
-            )
+            _tuned_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), rows)](*args, **flags)
         else:
             grid = (triton.cdiv(n, BLOCK_N), rows)
-            _int8_gemv_kernel[grid](*args, HAS_BIAS=bias is not None, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+            _int8_gemv_kernel[grid](*args, **flags, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
     return y.reshape(*x.shape[:-1], n)
 
 
@@ -108,3 +126,25 @@ def int8_linear_triton(
     if rows > GEMV_MAX_ROWS or not kernels_take("int8_linear", x=x, scale=scale):
         return int8_linear_reference(x, weight, scale, bias)
     return int8_gemv(x, weight, scale, bias)
+
+
+@register_backend(
+    "rms_norm_int8_linear",
+    "triton",
+    available=triton_available,
+    why_unavailable=why_triton_unavailable,
+    device_types=DEVICE_TYPES,
+)
+def rms_norm_int8_linear_triton(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The GEMV with the norm folded in for up to ``GEMV_MAX_ROWS`` rows; the reference otherwise."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    if rows > GEMV_MAX_ROWS or not kernels_take("rms_norm_int8_linear", x=x, scale=scale):
+        return rms_norm_int8_linear_reference(x, norm_weight, eps, weight, scale, bias)
+    return int8_gemv(x, weight, scale, bias, norm_weight, eps)

@@ -7,7 +7,9 @@ call: a Triton GEMV that reads the weight once as int8 for decode (<= 16 rows) o
 the dequantized weight elsewhere, and under ``torch.compile`` with the ``torch`` backend (the fast
 decoder's choice) a reduction over int8 loads that Inductor generates. The numbers equal
 ``int8_weight_only``'s up to float rounding (tested). Why: at batch 1 a decode step is memory-bound, so int8
-can only beat bf16 if the dequantization is fused into the GEMV.
+can only beat bf16 if the dequantization is fused into the GEMV. ``fold_rms_norms(model)`` goes one step
+further: the RMSNorm in front of a fused q/k/v or gate/up projection moves into that projection
+(``NormInt8GemvLinear``, op ``rms_norm_int8_linear``), one launch fewer per site.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tinylm.core.components.attention import Attention
+from tinylm.core.components.blocks import PreNormBlock
+from tinylm.core.components.mlp import GatedMLP
+from tinylm.core.components.norms import RMSNorm
 from tinylm.kernels import int8_gemv_triton as _int8_gemv_triton  # noqa: F401  (registers the backend)
 from tinylm.kernels.int8_gemv import check_int8_linear_inputs
 from tinylm.kernels.registry import dispatch
@@ -49,3 +55,55 @@ def swap_to_gemv(model: nn.Module, names: list[str]) -> None:
         new = Int8GemvLinear(w.qdata, w.scale.to(w.dtype), linear.bias)
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, new)
+
+
+class NormInt8GemvLinear(Int8GemvLinear):
+    """``Int8GemvLinear`` applied to ``rms_norm(x, norm_weight, eps)``: the norm in front of it, folded in."""
+
+    def __init__(
+        self,
+        qweight: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        norm_weight: torch.Tensor,
+        eps: float,
+    ) -> None:
+        super().__init__(qweight, scale, bias)
+        self.norm_weight = nn.Parameter(norm_weight.detach(), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fn = dispatch("rms_norm_int8_linear", None, x.device)
+        return fn(x, self.norm_weight.to(x.dtype), self.eps, self.qweight, self.scale.to(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", RMSNorm folded in (eps={self.eps})"
+
+
+def fold_rms_norms(model: nn.Module, sites: tuple[str, ...] = ("attn", "mlp")) -> int:
+    """Move each pre-norm block's RMSNorm into the int8 projection it feeds; returns how many moved.
+
+    ``sites``: ``"attn"`` (the norm before a fused ``qkv_proj``), ``"mlp"`` (before a fused ``gate_up_proj``).
+    Only exact ``PreNormBlock`` / ``Attention`` / ``GatedMLP`` with an ``RMSNorm`` and an ``Int8GemvLinear``
+    projection qualify, since there the norm's output feeds that projection alone; the norm becomes
+    ``nn.Identity``. Apply after ``fuse_projections`` and quantizing with ``int8_weight_only_gemv``; like
+    fusing, it is a transform for decoding (save the model before it).
+    """
+    unknown = set(sites) - {"attn", "mlp"}
+    if unknown:
+        raise ValueError(f"unknown fold site(s) {sorted(unknown)}; allowed: 'attn', 'mlp'")
+    moved = 0
+    for block in model.modules():
+        if type(block) is not PreNormBlock:
+            continue
+        pairs = [("attn_norm", block.attn, Attention, "qkv_proj")] if "attn" in sites else []
+        pairs += [("mlp_norm", block.mlp, GatedMLP, "gate_up_proj")] if "mlp" in sites else []
+        for norm_name, sub, kind, proj_name in pairs:
+            norm, proj = getattr(block, norm_name), getattr(sub, proj_name, None)
+            if type(norm) is not RMSNorm or type(sub) is not kind or type(proj) is not Int8GemvLinear:
+                continue
+            folded = NormInt8GemvLinear(proj.qweight, proj.scale, proj.bias, norm.weight, norm.eps)
+            setattr(sub, proj_name, folded)
+            setattr(block, norm_name, nn.Identity())
+            moved += 1
+    return moved
