@@ -42,6 +42,7 @@ def test_every_row_runs_and_agrees_with_the_eager_decoder(tmp_path):
 def test_int8_rows_run_and_agree_with_the_eager_decoder(tmp_path):
     """The --quant rows: bf16, int8 through the compiled reduction, int8 compiled as F.linear, and int8 with
     the RMSNorms folded into the GEMVs (on CPU: the op's reference backend)."""
+    pytest.importorskip("tinylm.quant", reason="the --quant rows need tinylm-quant (a workspace member)")
     args = ("--device cpu --quant int8_weight_only_gemv --quant-model quick --new-tokens 6 --repeats 1 "
             "--skip triton_gemv --int8-linear-form --int8-fold-norms mlp,attn").split()  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
