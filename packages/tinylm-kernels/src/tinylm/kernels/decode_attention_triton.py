@@ -31,6 +31,7 @@ from tinylm.kernels.triton_support import (
     HAS_TRITON,
     INTERPRETED,
     kernels_take,
+    launchable,
     next_power_of_2,
     tl,
     triton,
@@ -77,16 +78,7 @@ def _static_decode_kernel(
                 mask_d, SPLIT)  # fmt: skip
 
 
-def _launchable(kernel):
-    """``kernel`` as ``torch.compile`` should see it (``wrap_triton``); as is under the interpreter."""
-    if INTERPRETED or not HAS_TRITON:
-        return kernel
-    from torch.library import wrap_triton
-
-    return wrap_triton(kernel)
-
-
-_decode_launch, _merge_launch = _launchable(_static_decode_kernel), _launchable(_merge_splits_kernel)
+_decode_launch, _merge_launch = launchable(_static_decode_kernel), launchable(_merge_splits_kernel)
 
 
 def static_decode(

@@ -23,6 +23,7 @@ from tinylm.kernels.triton_support import (
     HAS_TRITON,
     INTERPRETED,
     kernels_take,
+    launchable,
     next_power_of_2,
     tl,
     triton,
@@ -75,15 +76,7 @@ def choose_tile(m: int, n: int, k: int, element_size: int = 2) -> tuple[int, int
     return block_m, block_n, block_k
 
 
-def _launchable(kernel):
-    if INTERPRETED or not HAS_TRITON:
-        return kernel
-    from torch.library import wrap_triton
-
-    return wrap_triton(kernel)
-
-
-_launch = _launchable(_linear_kernel)
+_launch = launchable(_linear_kernel)
 
 
 def few_row_linear(

@@ -82,3 +82,14 @@ def kernels_take(op: str, dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES, **tens
 def next_power_of_2(n: int) -> int:
     """Smallest power of two >= n (at least 1): Triton block sizes must be powers of two."""
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+def launchable(kernel):
+    """``kernel`` as ``torch.compile`` should see it, through ``torch.library.wrap_triton`` (so a
+    ``triton_op`` launching it stays inside a compiled graph); the kernel itself under the interpreter or
+    without Triton."""
+    if INTERPRETED or not HAS_TRITON:
+        return kernel
+    from torch.library import wrap_triton
+
+    return wrap_triton(kernel)
