@@ -6,7 +6,8 @@ The checkpoint directory holds model.safetensors + config.json (tinylm-core) and
 quantized, sliding_window, ...); ``--engine FILE`` serves every line of FILE as a prompt through the
 continuous-batching engine. ``--quant SCHEME`` quantizes the model (tinylm-quant; a directory written by
 ``save_quantized`` loads as saved). ``--fast`` decodes greedily with fused projections, a static cache and
-one CUDA graph per token (tinylm.cache.fast_decode). Errors are one line on stderr with a non-zero exit code.
+one CUDA graph per token (tinylm.cache.fast_decode); with ``--quant int8_weight_only_gemv`` its int8
+projections are fused and the RMSNorms folded into them (``tinylm.quant.gemv.prepare_int8_decode``). Errors are one line on stderr with a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tinylm.core.data import load_tokenizer
 from tinylm.core.generate import stream
 from tinylm.mm import caption_file
 from tinylm.quant import SCHEMES, load_model
+from tinylm.quant.gemv import prepare_int8_decode
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models"
 
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         device = pick_device(args.device)
         ckpt = resolve_checkpoint(args.ckpt)
         model = load_model(ckpt, device=device, scheme=args.quant)  # a saved quantized checkpoint as is
+        if args.fast and args.quant == "int8_weight_only_gemv":
+            prepare_int8_decode(model)  # fused int8 q/k/v and gate/up with the RMSNorms folded in
         tok = load_tokenizer(ckpt)
         if args.engine:
             prompts = Path(args.engine).read_text(encoding="utf-8").splitlines()

@@ -61,6 +61,19 @@ def test_fast_decoding_gives_the_standard_greedy_text(capsys):
     assert "--fast decodes greedily" in capsys.readouterr().err
 
 
+def test_fast_int8_decoding_folds_the_norms_and_matches_the_standard_int8_text(capsys, monkeypatch):
+    infer = load_infer()
+    int8 = [*GREEDY, "--quant", "int8_weight_only_gemv"]
+    assert infer.main(int8) == 0
+    standard = capsys.readouterr().out
+    prepared = []
+    real = infer.prepare_int8_decode
+    monkeypatch.setattr(infer, "prepare_int8_decode", lambda m: prepared.append(real(m)) or prepared[-1])
+    assert infer.main([*int8, "--fast"]) == 0
+    assert capsys.readouterr().out == standard
+    assert prepared and prepared[0]["folded"] > 0 and prepared[0]["fused"] == prepared[0]["folded"]
+
+
 def test_fast_decoding_options(capsys):
     infer = load_infer()
     assert infer.main(GREEDY) == 0

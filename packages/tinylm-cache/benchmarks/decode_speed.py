@@ -19,7 +19,8 @@ ablations, and ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
 ``--quant``: the fused fast decoder on the model quantized with each scheme (tinylm-quant), against the
 bf16 fused fast row (``int8_weight_only_gemv`` also with the Triton GEMV, ``--int8-linear-form`` with
 the int8 product compiled as ``F.linear`` on the converted weight and, ``--int8-fold-norms mlp,attn``, with
-the RMSNorms folded into the Triton int8 GEMVs they feed). ``--fast-options``: Inductor settings
+the RMSNorms folded into the Triton int8 GEMVs they feed; with ``--graph-steps``, each of them also k steps
+per CUDA graph). ``--fast-options``: Inductor settings
 for the k-steps and quant rows. ``--rounds R``:
 every row timed R times, rows interleaved, with per-round ratios to the workload's first row (the card's
 speed drifts by 15-25% within one process on the lent H100s, so compare rows round by round).
@@ -190,11 +191,11 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
     # (scheme, variant): the int8 GEMV scheme runs with int8_linear's torch backend (the default of the fast
     # decoder: compiled, a reduction over int8 loads that Inductor generates and fuses), with the
     # hand-written Triton GEMV, and with --int8-linear-form, as F.linear on the converted weight
-    jobs = [(s, "") for s in ["none", *args.quant]]
+    jobs = [(s, "") for s in ["none", *args.quant] if s == "none" or "int8_reduction" not in args.skip]
     gemv = [s for s in args.quant if s == "int8_weight_only_gemv"]
     jobs += [(s, "Triton GEMV") for s in gemv if "triton_gemv" not in args.skip]
     jobs += [(s, "F.linear form") for s in gemv if args.int8_linear_form]
-    jobs += [(s, f"RMSNorm folded into {args.int8_fold_norms}") for s in gemv if args.int8_fold_norms]
+    jobs += [(s, f"RMSNorm folded into {sites}") for s in gemv for sites in args.int8_fold_norms]
     for scheme, variant in jobs:
         m = copy.deepcopy(model)
         fuse_projections(m)
@@ -202,22 +203,33 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
             quantize(m, scheme)
         prefer = {"int8_linear": "triton"} if variant == "Triton GEMV" else {}
         if variant.startswith("RMSNorm folded"):
-            fold_rms_norms(m, tuple(args.int8_fold_norms.split(",")))
+            fold_rms_norms(m, tuple(variant.removeprefix("RMSNorm folded into ").split(",")))
             prefer = {"rms_norm_int8_linear": "triton"}
         c = static_cache(model, ids, args, args.decode_attention)
-        step = compile_greedy_step(
-            ids.device, prefer=prefer, inductor_options=parse_inductor_options(args.fast_options)
-        )
+        options = parse_inductor_options(args.fast_options)
+        step = compile_greedy_step(ids.device, prefer=prefer, inductor_options=options)
         label = f"fast+fused {'bf16' if scheme == 'none' else scheme}, {args.decode_attention} attention"
         label += options_label(args)
-        label += f" ({variant})" if variant else ""
         rows = 0 if variant == "F.linear form" else REDUCTION_MAX_ROWS
 
         def run(n, m=m, c=c, s=step, rows=rows):
             with compiled_reduction_rows(rows):
                 return fast_greedy_generate(m, ids, n, s, c)
 
-        out.append((label, run))
+        out.append((label + (f" ({variant})" if variant else ""), run))
+        for k in args.graph_steps:  # the same model, k steps per CUDA-graph replay: no host time per step
+            c = static_cache(model, ids, args, args.decode_attention, extra=k)
+            step = compile_greedy_step(ids.device, prefer=prefer, cudagraphs=False, inductor_options=options)
+            g = GraphedGreedySteps(m, c, k, step)
+
+            def graphed_run(n, m=m, g=g, rows=rows):
+                with compiled_reduction_rows(rows):
+                    if g.graph is None:
+                        g.capture()
+                    return torch.cat([ids, *(t[:, None] for t in graphed_greedy_stream(m, ids, n, g))], 1)
+
+            graphed_run.steps_per_call = k
+            out.append((f"{label}, {k} steps per CUDA graph" + (f" ({variant})" if variant else ""), graphed_run))
     return out
 
 
@@ -231,7 +243,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (--workloads quick:1)")
     ap.add_argument("--quant", default="", help="comma-separated tinylm-quant schemes (batch 1)")
     ap.add_argument("--quant-model", default="110M", help="the model of the --quant rows")
-    rows = "previous,notune,opaque,fast,fused,math,kernel,autotune,triton_gemv"
+    rows = "previous,notune,opaque,fast,fused,math,kernel,autotune,triton_gemv,int8_reduction"
     ap.add_argument("--skip", default="", help=f"rows to leave out, any of {rows}")
     ap.add_argument(
         "--decode-attention",
@@ -268,13 +280,17 @@ def main() -> None:
     )
     ap.add_argument(
         "--int8-fold-norms",
-        default="",
+        action="append",
+        default=[],
         help="with --quant int8_weight_only_gemv: a row with the RMSNorms folded into the int8 GEMVs of "
-        "these sites (attn, mlp; tinylm.quant.gemv.fold_rms_norms)",
+        "these sites (attn, mlp; tinylm.quant.gemv.fold_rms_norms); repeatable",
     )
     ap.add_argument("--graph-steps", default="", help="rows with k steps per CUDA graph, e.g. 8,32")
     ap.add_argument("--profile", default="", help="kernel table for rows whose label contains this text")
     args = ap.parse_args()
+    # every row compiles greedy_step once more (its own model, cache and options): more than Dynamo's
+    # default of 8 variants of one function
+    torch._dynamo.config.recompile_limit = 64
     args.quant = [s for s in args.quant.split(",") if s]
     args.skip = set(args.skip.split(","))
     args.graph_steps = [int(k) for k in args.graph_steps.split(",") if k]

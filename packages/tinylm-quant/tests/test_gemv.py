@@ -71,3 +71,34 @@ def test_fold_rms_norms_leaves_unfused_or_unquantized_models_alone(tiny):
 
     assert fold_rms_norms(quantize(tiny(), "int8_weight_only_gemv")) == 0  # q/k/v and gate/up not fused
     assert fold_rms_norms(tiny()) == 0
+
+
+def test_fuse_int8_projections_is_exact_and_prepare_folds(tiny, ids):
+    """A model quantized unfused (as a checkpoint loads) fuses its int8 q/k/v and gate/up exactly (row
+    scales), and prepare_int8_decode then folds the norms: the logits stay, 5 launches fewer per block."""
+    from tinylm.quant.gemv import NormInt8GemvLinear, fuse_int8_projections, prepare_int8_decode
+
+    model = tiny()
+    with torch.no_grad():
+        for block in model.layers:
+            block.attn_norm.weight.uniform_(0.5, 1.5)
+            block.mlp_norm.weight.uniform_(0.5, 1.5)
+    q = quantize(model, "int8_weight_only_gemv")
+    with torch.no_grad():
+        before = q(ids).logits
+    fused = copy.deepcopy(q)
+    assert fuse_int8_projections(fused) == 2 * len(q.layers)
+    attn = fused.layers[0].attn
+    assert type(attn.qkv_proj) is Int8GemvLinear and not hasattr(attn, "q_proj")
+    assert attn.qkv_proj.qweight.shape[0] == sum(
+        getattr(q.layers[0].attn, n).out_features for n in ("q_proj", "k_proj", "v_proj")
+    )
+    with torch.no_grad():
+        # the same dot products (a different matmul shape may round differently in the last bit)
+        torch.testing.assert_close(fused(ids).logits, before, rtol=1e-6, atol=1e-6)
+    assert fuse_int8_projections(fused) == 0  # already fused
+    assert prepare_int8_decode(q) == {"fused": 2 * len(q.layers), "folded": 2 * len(q.layers)}
+    assert isinstance(q.layers[1].mlp.gate_up_proj, NormInt8GemvLinear)
+    with torch.no_grad():
+        torch.testing.assert_close(q(ids).logits, before, rtol=1e-4, atol=1e-4)
+    assert fuse_int8_projections(tiny()) == 0  # float projections: core's fuse_projections does those

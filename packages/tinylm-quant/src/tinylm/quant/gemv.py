@@ -9,7 +9,10 @@ decoder's choice) a reduction over int8 loads that Inductor generates. The numbe
 ``int8_weight_only``'s up to float rounding (tested). Why: at batch 1 a decode step is memory-bound, so int8
 can only beat bf16 if the dequantization is fused into the GEMV. ``fold_rms_norms(model)`` goes one step
 further: the RMSNorm in front of a fused q/k/v or gate/up projection moves into that projection
-(``NormInt8GemvLinear``, op ``rms_norm_int8_linear``), one launch fewer per site.
+(``NormInt8GemvLinear``, op ``rms_norm_int8_linear``), one launch fewer per site. A model quantized
+unfused (as loaded from a checkpoint) fuses its int8 q/k/v and gate/up with ``fuse_int8_projections``: the
+scales are per output row, so stacking the int8 rows is exact. ``prepare_int8_decode`` does both, the
+recipe that made int8 faster than bf16 at batch 1 (BENCHMARKS 5).
 """
 
 from __future__ import annotations
@@ -107,3 +110,34 @@ def fold_rms_norms(model: nn.Module, sites: tuple[str, ...] = ("attn", "mlp")) -
             setattr(block, norm_name, nn.Identity())
             moved += 1
     return moved
+
+
+def fuse_int8_projections(model: nn.Module) -> int:
+    """Fuse each ``Attention``'s int8 q/k/v and each ``GatedMLP``'s int8 gate/up into one ``Int8GemvLinear``
+    (in place; returns how many modules were fused). Exact: each output row keeps its int8 values and its
+    own scale. Projections that are not all ``Int8GemvLinear`` (or already fused) are left alone."""
+    fused = 0
+    for module in model.modules():
+        if type(module) is Attention and module.qkv_proj is None:
+            names, target = ("q_proj", "k_proj", "v_proj"), "qkv_proj"
+        elif type(module) is GatedMLP and module.gate_up_proj is None:
+            names, target = ("gate_proj", "up_proj"), "gate_up_proj"
+        else:
+            continue
+        parts = [getattr(module, n) for n in names]
+        if any(type(p) is not Int8GemvLinear for p in parts) or len({p.bias is None for p in parts}) > 1:
+            continue
+        bias = None if parts[0].bias is None else torch.cat([p.bias for p in parts])
+        qweight = torch.cat([p.qweight for p in parts])
+        setattr(module, target, Int8GemvLinear(qweight, torch.cat([p.scale for p in parts]), bias))
+        for n in names:
+            delattr(module, n)
+        fused += 1
+    return fused
+
+
+def prepare_int8_decode(model: nn.Module, fold: tuple[str, ...] = ("attn", "mlp")) -> dict[str, int]:
+    """Ready a model quantized with ``int8_weight_only_gemv`` for fast decoding, in place: fuse its int8
+    q/k/v and gate/up (``fuse_int8_projections``), then fold the RMSNorms of ``fold`` into them
+    (``fold_rms_norms``). Returns ``{"fused": ..., "folded": ...}``. A transform for decoding: save first."""
+    return {"fused": fuse_int8_projections(model), "folded": fold_rms_norms(model, fold)}
