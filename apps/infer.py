@@ -7,7 +7,8 @@ quantized, sliding_window, ...); ``--engine FILE`` serves every line of FILE as 
 continuous-batching engine. ``--quant SCHEME`` quantizes the model (tinylm-quant; a directory written by
 ``save_quantized`` loads as saved). ``--fast`` decodes greedily with fused projections, a static cache and
 one CUDA graph per token (tinylm.cache.fast_decode); with ``--quant int8_weight_only_gemv`` its int8
-projections are fused and the RMSNorms folded into them (``tinylm.quant.gemv.prepare_int8_decode``). Errors are one line on stderr with a non-zero exit code.
+projections are fused and the RMSNorms folded into them (``tinylm.quant.gemv.prepare_int8_decode``).
+Errors are one line on stderr with a non-zero exit code.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ CUDA events, median of --repeats after a warm-up):
 ``static+compile`` (decode_step under ``mode="reduce-overhead"``, the previous best), ``fast`` (the whole
 step with argmax in one graph, Inductor-visible kernels, coordinate-descent tuning), ``fast+fused``
 (q/k/v and gate/up fused), ``math decode attention`` (``StaticCache(decode_attention="math")``),
-``kernel decode attention`` (``decode_attention="kernel"``: tinylm-kernels' Triton decode kernel),
+``kernel decode attention`` (``decode_attention="kernel"``: tinylm-kernels' Triton decode kernel;
+``--decode-attention kernel,kernel_rope`` gives each ``--inductor`` row once per attention, ``kernel_rope``
+with RoPE and the cache write inside that kernel),
 ``max-autotune matmuls`` (Inductor's Triton matmul templates where they win: several rows per step),
 ``--inductor 'combo_kernels=True'`` (a row per set of extra Inductor settings; with ``--linear-kernel`` each
 such row once more with every projection and the head on tinylm-kernels' few-row ``linear``),
@@ -51,7 +53,13 @@ from tinylm.cache.fast_decode import (
     graphed_greedy_stream,
     parse_inductor_options,
 )
-from tinylm.cache.static import StaticCache, decode_step, model_cache_shape, static_greedy_generate
+from tinylm.cache.static import (
+    DECODE_ATTENTION,
+    StaticCache,
+    decode_step,
+    model_cache_shape,
+    static_greedy_generate,
+)
 from tinylm.core.bench.profiling import profiled
 from tinylm.core.bench.timing import measure
 from tinylm.core.fusion import fuse_projections
@@ -134,16 +142,17 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
         ("autotune", "fast+fused, max-autotune matmuls", fused, {"max_autotune": True}),
         *[
             (
-                f"inductor:{o}",
-                f"fast+fused, {args.decode_attention} attention, inductor {o}",
+                f"inductor:{a}:{o}",
+                f"fast+fused, {a} attention, inductor {o}",
                 fused,
                 {"inductor_options": parse_inductor_options(o)},
             )
+            for a in args.inductor_attention
             for o in args.inductor
         ],
         *[
             (
-                f"linear:{o}",
+                f"linear:{args.decode_attention}:{o}",
                 f"fast+fused, {args.decode_attention} attention, few-row linear kernel, inductor {o}",
                 kernel_linears,
                 {"inductor_options": parse_inductor_options(o), "prefer": {"linear": "triton"}},
@@ -154,7 +163,7 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
         if key in args.skip:
             continue
         attention = key if key in ("math", "kernel") else "sdpa"
-        attention = args.decode_attention if key.startswith(("inductor", "linear:")) else attention
+        attention = key.split(":")[1] if key.startswith(("inductor:", "linear:")) else attention
         cache = static_cache(model, ids, args, attention)
         step = compile_greedy_step(dev, **kw)
         out.append((label, lambda n, m=m, c=cache, s=step: fast_greedy_generate(m, ids, n, s, c)))
@@ -229,7 +238,9 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
                     return torch.cat([ids, *(t[:, None] for t in graphed_greedy_stream(m, ids, n, g))], 1)
 
             graphed_run.steps_per_call = k
-            out.append((f"{label}, {k} steps per CUDA graph" + (f" ({variant})" if variant else ""), graphed_run))
+            out.append(
+                (f"{label}, {k} steps per CUDA graph" + (f" ({variant})" if variant else ""), graphed_run)
+            )
     return out
 
 
@@ -248,8 +259,8 @@ def main() -> None:
     ap.add_argument(
         "--decode-attention",
         default="sdpa",
-        choices=["sdpa", "math", "kernel"],
-        help="the static cache's decode attention in the --inductor, --graph-steps and --quant rows",
+        help="the static cache's decode attention (sdpa, math, kernel, kernel_rope) in the --inductor, "
+        "--graph-steps and --quant rows; a comma list gives each --inductor row once per attention",
     )
     ap.add_argument(
         "--inductor",
@@ -294,6 +305,11 @@ def main() -> None:
     args.quant = [s for s in args.quant.split(",") if s]
     args.skip = set(args.skip.split(","))
     args.graph_steps = [int(k) for k in args.graph_steps.split(",") if k]
+    args.inductor_attention = args.decode_attention.split(",")
+    args.decode_attention = args.inductor_attention[0]  # the other rows'
+    for a in args.inductor_attention:
+        if a not in DECODE_ATTENTION:
+            raise SystemExit(f"unknown --decode-attention {a!r}; known: {', '.join(DECODE_ATTENTION)}")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = torch.device(args.device)

@@ -33,6 +33,15 @@ class TestStaticKernelDecodeAttention(CacheConformance):
     cache_kwargs: ClassVar[dict[str, Any]] = {"decode_attention": "kernel"}
 
 
+class TestStaticKernelRopeDecodeAttention(CacheConformance):
+    """Decode steps through ``rope_decode_attention``: q and k arrive unrotated (the ``attend_rope`` hook)
+    and one op rotates, stores and attends (its PyTorch backend here; Triton on CUDA and in the kernels'
+    interpreter run)."""
+
+    name = "static"
+    cache_kwargs: ClassVar[dict[str, Any]] = {"decode_attention": "kernel_rope"}
+
+
 class TestPaged(CacheConformance):
     name = "paged"
 

@@ -44,7 +44,8 @@ def test_int8_rows_run_and_agree_with_the_eager_decoder(tmp_path):
     the RMSNorms folded into the GEMVs (on CPU: the op's reference backend)."""
     pytest.importorskip("tinylm.quant", reason="the --quant rows need tinylm-quant (a workspace member)")
     args = ("--device cpu --quant int8_weight_only_gemv --quant-model quick --new-tokens 6 --repeats 1 "
-            "--skip triton_gemv --int8-linear-form --int8-fold-norms mlp --int8-fold-norms mlp,attn --graph-steps 2").split()  # fmt: skip
+            "--skip triton_gemv --int8-linear-form --int8-fold-norms mlp --int8-fold-norms mlp,attn "
+            "--graph-steps 2").split()  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, str(BENCH / "decode_speed.py"), *args, "--workloads", "", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)

@@ -151,10 +151,40 @@ def test_math_decode_attention_compiles_and_rejects_unknown_names() -> None:
         StaticCache(1, 8, c.n_layers, c.n_kv_heads, c.head_dim, decode_attention="flash")
     prompt = torch.randint(0, 97, (2, 4), generator=torch.Generator().manual_seed(10))
     ref = generate(model, prompt, 10, temperature=0.0, use_cache=False)
-    for attention in ("math", "kernel"):
+    for attention in ("math", "kernel", "kernel_rope"):
         cache = StaticCache(2, 14, c.n_layers, c.n_kv_heads, c.head_dim, decode_attention=attention)
         torch._dynamo.reset()
         step = compile_greedy_step("cpu", backend="aot_eager")
         with torch._dynamo.config.patch(error_on_recompile=True):
             assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref), attention
             assert torch.equal(fast_greedy_generate(model, prompt, 10, step, cache), ref), attention
+
+
+@pytest.mark.parametrize("pos_kind", ["rope", "learned"])
+def test_kernel_rope_rotates_in_the_op_and_matches_the_kernel_path(monkeypatch, pos_kind: str) -> None:
+    """``kernel_rope``: each decode step of each layer goes through one ``rope_decode_attention`` with q/k
+    unrotated, and the logits equal those of ``kernel`` (rotate, store, attend); without RoPE (learned
+    positions) the hook declines and the ``kernel`` path runs."""
+    import tinylm.cache.static as static
+
+    model = tiny_model(positional="learned") if pos_kind == "learned" else tiny_model()
+    c = model.config
+    prompt = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(5))
+    calls = []
+    real = static.rope_decode_attention
+    monkeypatch.setattr(static, "rope_decode_attention", lambda *a: calls.append(1) or real(*a))
+    logits = {}
+    for attention in ("kernel", "kernel_rope"):
+        cache = StaticCache(2, 12, c.n_layers, c.n_kv_heads, c.head_dim, dtype=torch.float64,
+                            decode_attention=attention)  # fmt: skip
+        model(prompt, cache=cache)
+        steps = []
+        tok = prompt[:, -1:]
+        for i in range(4):
+            pos = torch.full((2, 1), 5 + i)
+            steps.append(decode_step(model, cache, tok, pos))
+            cache.advance(1)
+            tok = steps[-1][:, -1].argmax(-1, keepdim=True)
+        logits[attention] = torch.cat(steps, 1)
+    assert len(calls) == (4 * c.n_layers if pos_kind == "rope" else 0)
+    torch.testing.assert_close(logits["kernel_rope"], logits["kernel"], rtol=1e-10, atol=1e-10)

@@ -129,7 +129,14 @@ def test_kernel_compiles_for_hopper(scale_type, split):
 
     from tinylm.kernels.decode_attention_triton import _static_decode_kernel as fn
 
-    constexprs = {"GROUP": 1, "HAS_VALID": True, "BLOCK_D": 64, "BLOCK_N": 64, "SPLIT": split}
+    constexprs = {
+        "GROUP": 1,
+        "HAS_VALID": True,
+        "ROTATE": False,
+        "BLOCK_D": 64,
+        "BLOCK_N": 64,
+        "SPLIT": split,
+    }
     types = {"O": "*bf16", "M": "*fp32", "L": "*fp32", "Q": "*bf16", "K": "*bf16", "V": "*bf16"}
     types.update(POS="*i64", VALID="*i1", scale=scale_type)
     signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in fn.arg_names}
@@ -137,3 +144,125 @@ def test_kernel_compiles_for_hopper(scale_type, split):
                     constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})  # fmt: skip
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32))
     assert "ld.global" in compiled.asm["ptx"]
+
+
+def rope_oracle(q, k_new, v_new, cos, sin, keys, values, pos, valid, scale):
+    """Float64: rotate q and k_new (half-split), place k/v at the position of a copy of the cache, attend."""
+    f = lambda t: t.double().cpu()  # noqa: E731
+    q, k_new, v_new, cos, sin = map(f, (q, k_new, v_new, cos, sin))
+
+    def rot(x):
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos[:, None] + torch.cat((-x2, x1), dim=-1) * sin[:, None]
+
+    keys, values = f(keys).clone(), f(values).clone()
+    keys[:, :, int(pos)] = rot(k_new)
+    values[:, :, int(pos)] = v_new
+    return oracle(rot(q), keys, values, pos, valid, scale), keys, values
+
+
+def rope_inputs(b, heads, kv_heads, hd, length, pos, dtype, device, padded=False, seed=0):
+    q, k, v, p, valid = inputs(b, heads, kv_heads, hd, length, pos, dtype, device, padded, seed)
+    g = torch.Generator().manual_seed(seed + 7)
+    k_new = torch.randn(b, kv_heads, hd, generator=g).to(device, dtype)
+    v_new = torch.randn(b, kv_heads, hd, generator=g).to(device, dtype)
+    angle = torch.rand(b, hd // 2, generator=g) * 6.0
+    angle = torch.cat((angle, angle), dim=-1)  # the half-split layout repeats each frequency
+    return q, k_new, v_new, angle.cos().to(device, dtype), angle.sin().to(device, dtype), k, v, p, valid
+
+
+ROPE_CASES = [case for case in CASES if case[3] % 2 == 0]
+
+
+@pytest.mark.parametrize(("b", "heads", "kv_heads", "hd", "length", "pos"), ROPE_CASES)
+@pytest.mark.parametrize(("dtype", "tol"), DTYPES)
+def test_rope_decode_matches_float64_and_writes_the_cache(
+    backend, device, b, heads, kv_heads, hd, length, pos, dtype, tol, assert_close_f64
+):
+    """RoPE of q and the new key, the key/value written at the position, attention over it: one op."""
+    from tinylm.kernels.decode_attention import rope_decode_attention
+
+    q, k_new, v_new, cos, sin, k, v, p, _ = rope_inputs(b, heads, kv_heads, hd, length, pos, dtype, device)
+    expected, keys64, values64 = rope_oracle(q, k_new, v_new, cos, sin, k, v, p, None, 0.6)
+    before_k = k.clone()
+    out = rope_decode_attention(q, k_new, v_new, cos, sin, k, v, p, scale=0.6, backend=backend)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert_close_f64(out, expected, tol, "output")
+    assert_close_f64(k, keys64, tol, "keys")  # the new slot rotated; every other slot untouched
+    assert_close_f64(v, values64, tol, "values")
+    others = torch.arange(length, device=k.device) != pos
+    assert torch.equal(k[:, :, others], before_k[:, :, others])
+
+
+@pytest.mark.triton
+@needs_triton
+@pytest.mark.parametrize("n_splits", [1, 3, 7])
+def test_rope_decode_splits_and_padding(device, n_splits, assert_close_f64):
+    """The new token is counted once, in the split holding its slot (some splits lie past it), padded
+    rows included; with GQA only one program per kv head stores it."""
+    from tinylm.kernels.decode_attention_triton import static_decode
+
+    for pos in (0, 5, 150):
+        q, k_new, v_new, cos, sin, k, v, p, valid = rope_inputs(
+            3, 6, 2, 32, 200, pos, torch.float32, device, padded=True, seed=2
+        )
+        expected, keys64, _ = rope_oracle(q, k_new, v_new, cos, sin, k, v, p, valid, 0.2)
+        out = static_decode(q, k, v, p, valid, 0.2, n_splits=n_splits, rope=(k_new, v_new, cos, sin))
+        what = f"{n_splits} splits, position {pos}"
+        assert_close_f64(out, expected, 1e-5, what)
+        assert_close_f64(k, keys64, 1e-5, what)
+
+
+def test_rope_decode_input_errors():
+    from tinylm.kernels.decode_attention import rope_decode_attention
+
+    q, k_new, v_new, cos, sin, k, v, p, _ = rope_inputs(2, 4, 2, 16, 20, 5, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="k_new and v_new must be"):
+        rope_decode_attention(q, k_new[:, :1], v_new, cos, sin, k, v, p)
+    with pytest.raises(ValueError, match="cos and sin must be"):
+        rope_decode_attention(q, k_new, v_new, cos[:, :8], sin, k, v, p)
+    q, k_new, v_new, cos, sin, k, v, p, _ = rope_inputs(2, 4, 2, 16, 20, 5, torch.float32, "cpu")
+    q, k, v = q[..., :15], k[..., :15], v[..., :15]
+    with pytest.raises(ValueError, match="even head_dim"):
+        rope_decode_attention(q, k_new[..., :15], v_new[..., :15], cos[:, :15], sin[:, :15], k, v, p)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_rope_op_in_one_compiled_graph_writes_the_cache(assert_close_f64):
+    """Under torch.compile + CUDA graphs the fused op writes the cache in place, step after step."""
+    from tinylm.kernels.decode_attention import rope_decode_attention
+
+    q, k_new, v_new, cos, sin, k, v, p, valid = rope_inputs(2, 12, 4, 64, 272, 20, torch.bfloat16, "cuda",
+                                                            padded=True)  # fmt: skip
+
+    def step(q, k_new, v_new, cos, sin, k, v, p, valid):
+        return rope_decode_attention(q, k_new, v_new, cos, sin, k, v, p, valid, backend="triton") * 2.0
+
+    compiled = torch.compile(step, fullgraph=True, mode="reduce-overhead")
+    for pos in (20, 21, 200):
+        p.fill_(pos)
+        expected, keys64, _ = rope_oracle(q, k_new, v_new, cos, sin, k, v, p, valid, 1 / 8)
+        out = compiled(q, k_new, v_new, cos, sin, k, v, p, valid).clone()
+        assert_close_f64(out, 2.0 * expected, 2e-2, f"position {pos}")
+        assert_close_f64(k, keys64, 2e-2, f"keys after position {pos}")
+
+
+@pytest.mark.parametrize("group", [1, 3])
+def test_rope_kernel_compiles_for_hopper(group):
+    """The fused variant (ROTATE) compiles for sm_90 without a GPU, with the scale as Inductor passes it."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from tinylm.kernels.decode_attention_triton import _static_decode_kernel as fn
+
+    constexprs = {"GROUP": group, "HAS_VALID": True, "ROTATE": True, "BLOCK_D": 64, "BLOCK_N": 64,
+                  "SPLIT": True}  # fmt: skip
+    types = {n: "*bf16" for n in ("O", "Q", "K", "V", "KN", "VN", "COS", "SIN")}
+    types.update(M="*fp32", L="*fp32", POS="*i64", VALID="*i1", scale="fp64")
+    signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in fn.arg_names}
+    src = ASTSource(fn=fn, signature=signature,
+                    constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})  # fmt: skip
+    compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32))
+    assert "st.global" in compiled.asm["ptx"]

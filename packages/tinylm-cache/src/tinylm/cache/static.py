@@ -9,7 +9,9 @@ layout). ``decode_step`` runs one fixed-shape forward of a ``TinyLM`` for compil
 instead of SDPA: compiled with coordinate-descent tuning, Inductor turns both one-row products into
 reductions it generates itself, where SDPA is a prefill-shaped library kernel plus a mask conversion per
 layer. With ``decode_attention="kernel"`` a decode step runs tinylm-kernels' ``decode_attention`` (on a GPU
-a Triton flash-decoding kernel that reads only the filled slots and stays inside the compiled graph).
+a Triton flash-decoding kernel that reads only the filled slots and stays inside the compiled graph);
+``"kernel_rope"`` also moves the RoPE rotation and the cache write into that kernel
+(``rope_decode_attention``, through the ``attend_rope`` hook), one kernel fewer per layer and step.
 Design after gpt-fast's ``KVCache`` and Hugging Face's ``StaticCache``.
 """
 
@@ -21,8 +23,9 @@ import torch
 
 from tinylm.core.registry import CACHES
 from tinylm.kernels import decode_attention as decode_attention_op
+from tinylm.kernels import rope_decode_attention
 
-DECODE_ATTENTION = ("sdpa", "math", "kernel")
+DECODE_ATTENTION = ("sdpa", "math", "kernel", "kernel_rope")
 
 
 class StaticCache:
@@ -94,10 +97,8 @@ class StaticCache:
         if self.decode_attention == "sdpa" or q.shape[2] != 1:
             return None
         keys, values = self.update(layer_idx, k, v)  # (B, Hkv, L, hd)
-        if self.decode_attention == "kernel":
-            if "static_valid" not in ctx.memo:  # once per step: the new slot holds a real token
-                self.key_valid.index_fill_(1, self._write_index(1), True)
-                ctx.memo["static_valid"] = True
+        if self.decode_attention in ("kernel", "kernel_rope"):
+            self._mark_new_slot_valid(ctx)
             out = decode_attention_op(q[:, :, 0], keys, values, self.position, self.key_valid, scale)
             return out[:, :, None]
         mask = self.attention_mask(layer_idx, ctx)  # (B, 1, 1, L): the same mask SDPA would get
@@ -108,6 +109,33 @@ class StaticCache:
         scores = (qg @ keys.to(acc).transpose(-1, -2)) * scale  # (B, Hkv, G, L)
         probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
         return (probs @ values.to(acc)).reshape(b, h, 1, hd).to(q.dtype)
+
+    def attend_rope(
+        self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, ctx: Any
+    ) -> torch.Tensor | None:
+        """``decode_attention="kernel_rope"``, one new token per row: ``q``, ``k`` arrive before RoPE and
+        one ``rope_decode_attention`` rotates them, stores ``k``, ``v`` and attends; ``(B, H, 1, hd)``.
+        None otherwise (the caller rotates and goes on as usual)."""
+        if self.decode_attention != "kernel_rope" or q.shape[2] != 1:
+            return None
+        if not torch.compiler.is_compiling() and self._len + 1 > self.max_seq_len:
+            raise ValueError(
+                f"static cache holds {self.max_seq_len} positions; {self._len} stored + 1 new is too many "
+                "(build it with a larger max_seq_len)"
+            )
+        key = ("rope", q.dtype)  # the table RoPE.rotate would build and share across layers
+        if key not in ctx.memo:
+            ctx.memo[key] = ctx.positional.cos_sin(ctx.positions, q.dtype)  # (B, 1, 1, hd)
+        cos, sin = (t[:, 0, 0].expand(q.shape[0], -1) for t in ctx.memo[key])
+        self._mark_new_slot_valid(ctx)
+        out = rope_decode_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], cos, sin, self.keys[layer_idx],
+                                    self.values[layer_idx], self.position, self.key_valid, scale)  # fmt: skip
+        return out[:, :, None]
+
+    def _mark_new_slot_valid(self, ctx: Any) -> None:
+        if "static_valid" not in ctx.memo:  # once per step: the new slot holds a real token
+            self.key_valid.index_fill_(1, self._write_index(1), True)
+            ctx.memo["static_valid"] = True
 
     def attention_mask(self, layer_idx: int, ctx: Any) -> torch.Tensor:
         """``(B, 1, T, max_seq_len)``: causal over the filled slots, padding keys off, a query sees itself."""

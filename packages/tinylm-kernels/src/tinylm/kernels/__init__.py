@@ -6,7 +6,12 @@ Triton modules import without Triton and then register backends that report them
 """
 
 from tinylm.kernels.cross_entropy import fused_linear_cross_entropy, fused_linear_cross_entropy_reference
-from tinylm.kernels.decode_attention import decode_attention, decode_attention_reference
+from tinylm.kernels.decode_attention import (
+    decode_attention,
+    decode_attention_reference,
+    rope_decode_attention,
+    rope_decode_attention_reference,
+)
 from tinylm.kernels.linear import KernelLinear, linear, linear_reference, use_kernel_linears
 from tinylm.kernels.registry import (
     BACKEND_PRIORITY,
@@ -58,6 +63,8 @@ __all__ = [
     "register_backend",
     "rms_norm",
     "rms_norm_reference",
+    "rope_decode_attention",
+    "rope_decode_attention_reference",
     "swiglu",
     "swiglu_reference",
     "use_kernel_linears",

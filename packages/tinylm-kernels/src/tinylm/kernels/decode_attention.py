@@ -12,7 +12,13 @@ mask built over all of them. The Triton backend (``decode_attention_triton.py``)
 ``position`` and is a ``torch.library.triton_op``, so ``torch.compile`` keeps it inside the one graph it
 captures for CUDA graphs. This module holds the public ``decode_attention``, its checks and the
 plain-PyTorch reference (the ``torch`` backend, fallback and test oracle: SDPA with the mask).
-Registered op: ``decode_attention`` (import ``tinylm.kernels.decode_attention_triton`` for the kernel).
+
+``rope_decode_attention`` takes ``q`` and the new token's key/value *before* RoPE: it rotates ``q`` and
+the key (half-split layout, ``cos``/``sin`` of the position), writes the key and value at slot
+``position`` of the cache, then attends as ``decode_attention``. Its Triton backend does all three in the
+decode kernel, so a decode step has no separate RoPE and cache-write kernel per layer.
+Registered ops: ``decode_attention``, ``rope_decode_attention`` (import
+``tinylm.kernels.decode_attention_triton`` for the kernel).
 """
 
 from __future__ import annotations
@@ -50,6 +56,34 @@ def decode_attention_reference(
     mask = decode_mask(position, keys.shape[2], key_valid)
     out = F.scaled_dot_product_attention(q[:, :, None].to(k.dtype), k, v, attn_mask=mask, scale=scale)
     return out[:, :, 0].to(q.dtype)
+
+
+def rotate_half_split(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE of ``x`` (B, H, hd) by ``cos``/``sin`` (B, hd), half-split layout (LLaMA, Hugging Face)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos[:, None] + torch.cat((-x2, x1), dim=-1) * sin[:, None]
+
+
+@register_backend("rope_decode_attention", "torch")
+def rope_decode_attention_reference(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    position: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """Rotate, store the new key/value at ``position`` (in place), then ``decode_attention_reference``."""
+    idx = position.reshape(1)
+    keys.index_copy_(2, idx, rotate_half_split(k_new, cos, sin)[:, :, None].to(keys.dtype))
+    values.index_copy_(2, idx, v_new[:, :, None].to(values.dtype))
+    return decode_attention_reference(
+        rotate_half_split(q, cos, sin), keys, values, position, key_valid, scale
+    )
 
 
 def check_decode_attention_inputs(
@@ -103,3 +137,41 @@ def decode_attention(
     check_decode_attention_inputs(q, keys, values, position, key_valid)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return dispatch("decode_attention", backend, q.device)(q, keys, values, position, key_valid, scale)
+
+
+def rope_decode_attention(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    position: torch.Tensor,
+    key_valid: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """``decode_attention`` for ``q`` (B, H, hd) and the new token's ``k_new``/``v_new`` (B, Hkv, hd)
+    before RoPE: rotates ``q`` and ``k_new`` by ``cos``/``sin`` (B, hd; half-split layout), writes the
+    rotated key and ``v_new`` at slot ``position`` of ``keys``/``values`` (in place), and attends over the
+    slots ``<= position``. Returns (B, H, hd) in ``q``'s dtype. Inference only.
+    """
+    check_decode_attention_inputs(q, keys, values, position, key_valid)
+    b, _, hd = q.shape
+    want = (b, keys.shape[1], hd)
+    if k_new.shape != want or v_new.shape != want:
+        raise ValueError(
+            f"rope_decode_attention: k_new and v_new must be (B, Hkv, head_dim) = {want}, got "
+            f"{tuple(k_new.shape)} and {tuple(v_new.shape)}"
+        )
+    if cos.shape != (b, hd) or sin.shape != (b, hd):
+        raise ValueError(
+            f"rope_decode_attention: cos and sin must be (B, head_dim) = {(b, hd)}, got {tuple(cos.shape)} "
+            f"and {tuple(sin.shape)}"
+        )
+    if hd % 2:
+        raise ValueError(f"rope_decode_attention: RoPE needs an even head_dim, got {hd}")
+    scale = 1.0 / math.sqrt(hd) if scale is None else float(scale)
+    fn = dispatch("rope_decode_attention", backend, q.device)
+    return fn(q, k_new, v_new, cos, sin, keys, values, position, key_valid, scale)

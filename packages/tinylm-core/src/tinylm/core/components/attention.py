@@ -5,7 +5,9 @@ A backend is a function ``(q, k, v, mask, dropout_p, scale) -> out`` on ``(B, H,
 attention over T == S, or a boolean ``(B|1, 1, T, S)`` tensor, True where a query may attend. Every backend
 must give the same result; ``eager`` is the readable reference. Backends marked ``plain_softmax`` compute
 exactly softmax attention, so a cache with an ``attend(layer_idx, q, k, v, scale, ctx)`` method (the paged
-cache's decode kernel) may store the new keys/values and compute it itself, or return None to decline.
+cache's decode kernel) may store the new keys/values and compute it itself, or return None to decline;
+with RoPE positions, one with ``attend_rope(...)`` (same arguments) is first offered ``q`` and ``k`` before
+the rotation, so its kernel can rotate them too (the static cache's ``decode_attention="kernel_rope"``).
 GQA/MQA: Ainslie et al., 2023, arXiv 2305.13245; Shazeer, 2019, arXiv 1911.02150.
 """
 
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tinylm.core.components.positional import RoPE
 from tinylm.core.registry import ATTENTION_BACKENDS
 
 if TYPE_CHECKING:
@@ -180,11 +183,18 @@ class Attention(nn.Module):
         q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        q, k = ctx.positional.rotate(q, k, ctx.positions, ctx.memo)
         # a cache with its own attention kernel (paged decode) may store k, v and attend itself; None: it
         # declines and the usual path runs. Offered only for plain softmax backends, at inference
         attend = getattr(ctx.cache, "attend", None) if getattr(self.backend, "plain_softmax", False) else None
         use = attend is not None and not self.training  # no bool() of a method: Dynamo 2.11 refuses it
+        # with RoPE it may also rotate q and k itself (in its kernel): it gets them unrotated
+        rope_attend = (
+            getattr(ctx.cache, "attend_rope", None) if use and type(ctx.positional) is RoPE else None
+        )
+        out = rope_attend(self.layer_idx, q, k, v, self.scale, ctx) if rope_attend is not None else None
+        if out is not None:
+            return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+        q, k = ctx.positional.rotate(q, k, ctx.positions, ctx.memo)
         out = attend(self.layer_idx, q, k, v, self.scale, ctx) if use else None
         if out is not None:
             return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
