@@ -194,6 +194,26 @@ def test_rope_decode_matches_float64_and_writes_the_cache(
     assert torch.equal(k[:, :, others], before_k[:, :, others])
 
 
+@pytest.mark.parametrize(("dtype", "tol"), DTYPES[:2])
+def test_rope_decode_takes_views_of_a_fused_projection(backend, device, dtype, tol, assert_close_f64):
+    """q, k and v sliced from one fused q/k/v output (batch stride past the head stride) and cos/sin one
+    row broadcast over the batch (batch stride 0): read in place, same result."""
+    from tinylm.kernels.decode_attention import rope_decode_attention
+
+    b, heads, kv_heads, hd, length, pos = 3, 6, 2, 32, 90, 41
+    q, k_new, v_new, cos, sin, k, v, p, valid = rope_inputs(b, heads, kv_heads, hd, length, pos, dtype,
+                                                            device, padded=True, seed=4)  # fmt: skip
+    cos, sin = cos[:1].expand(b, hd), sin[:1].expand(b, hd)
+    fused = torch.cat([q.reshape(b, -1), k_new.reshape(b, -1), v_new.reshape(b, -1)], dim=1)
+    qv, kv, vv = fused.split([heads * hd, kv_heads * hd, kv_heads * hd], dim=1)
+    qv, kv, vv = qv.view(b, heads, hd), kv.view(b, kv_heads, hd), vv.view(b, kv_heads, hd)
+    assert not qv.is_contiguous() and cos.stride(0) == 0
+    expected, keys64, _ = rope_oracle(q, k_new, v_new, cos, sin, k, v, p, valid, 0.3)
+    out = rope_decode_attention(qv, kv, vv, cos, sin, k, v, p, valid, scale=0.3, backend=backend)
+    assert_close_f64(out, expected, tol, "output")
+    assert_close_f64(k, keys64, tol, "keys")
+
+
 @pytest.mark.triton
 @needs_triton
 @pytest.mark.parametrize("n_splits", [1, 3, 7])

@@ -252,5 +252,17 @@ def rope_decode_attention_triton(
         args = (q, k_new, v_new, cos, sin, keys, values, position, key_valid, scale)
         return rope_decode_attention_reference(*args)
     valid = key_valid.contiguous() if key_valid is not None else None
-    rope = (k_new.contiguous(), v_new.contiguous(), cos.contiguous(), sin.contiguous())
-    return _run_rope(q.contiguous(), *rope, keys, values, position.reshape(1), valid, scale)
+    # views are taken as they are (q, k, v of a decode step are slices of one fused projection, cos/sin
+    # one row broadcast over the batch): a copy would be one more kernel per layer
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    k_new, v_new = _alike(k_new, v_new)
+    cos, sin = _alike(cos, sin)
+    return _run_rope(q, k_new, v_new, cos, sin, keys, values, position.reshape(1), valid, scale)
+
+
+def _alike(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a``, ``b`` as they are when they share strides with a unit last one (the kernel reads both with
+    one set of strides); contiguous copies otherwise."""
+    if a.stride() == b.stride() and a.stride(-1) == 1:
+        return a, b
+    return a.contiguous(), b.contiguous()
