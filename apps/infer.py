@@ -58,7 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="--fast: a torch._inductor.config setting, e.g. combo_kernels=True (repeatable)",
     )
-    p.add_argument("--decode-attention", default="sdpa", help="--fast: sdpa, math or kernel (static cache)")
+    p.add_argument(
+        "--decode-attention", default="sdpa", help="--fast: sdpa, math, kernel or kernel_rope (static cache)"
+    )
     media = p.add_mutually_exclusive_group()  # captioners (tinylm-mm): --ckpt <train run dir>/captioner
     media.add_argument("--image", help="caption this image file (greedy) with a tinylm-mm captioner")
     media.add_argument("--audio", help="caption this WAV file (greedy) with a tinylm-mm captioner")

@@ -85,6 +85,8 @@ def test_fast_decoding_options(capsys):
     assert capsys.readouterr().out == standard
     assert infer.main([*GREEDY, "--fast", "--decode-attention", "kernel"]) == 0
     assert capsys.readouterr().out == standard
+    assert infer.main([*GREEDY, "--fast", "--decode-attention", "kernel_rope"]) == 0
+    assert capsys.readouterr().out == standard
     for bad, says in [
         (["--steps-per-graph", "4"], "need --fast"),
         (["--decode-attention", "kernel"], "need --fast"),

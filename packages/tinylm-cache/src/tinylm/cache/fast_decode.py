@@ -261,7 +261,8 @@ def fast_greedy(
     ``steps_per_graph`` > 1: that many steps per CUDA-graph replay (``GraphedGreedySteps``; it pays where
     the host is the bottleneck: small models). ``inductor_options``: as in ``compile_greedy_step`` (e.g.
     ``{"combo_kernels": True}``, a gain at 110M batch 1 on an H100, BENCHMARKS 7d). ``decode_attention``:
-    the static cache's (``"kernel"``, the Triton decode kernel, pays at batch 32, BENCHMARKS 7e)."""
+    the static cache's (``"kernel"``, the Triton decode kernel, pays at batch 32, BENCHMARKS 7e;
+    ``"kernel_rope"`` also rotates and writes the cache in that kernel, 7g)."""
     if steps_per_graph < 1:
         raise ValueError(f"steps_per_graph must be >= 1, got {steps_per_graph}")
     check_inductor_options(inductor_options)  # here too: off a GPU the step is not compiled
