@@ -12,7 +12,8 @@ step with argmax in one graph, Inductor-visible kernels, coordinate-descent tuni
 (q/k/v and gate/up fused), ``math decode attention`` (``StaticCache(decode_attention="math")``),
 ``kernel decode attention`` (``decode_attention="kernel"``: tinylm-kernels' Triton decode kernel;
 ``--decode-attention kernel,kernel_rope`` gives each ``--inductor`` row once per attention, ``kernel_rope``
-with RoPE and the cache write inside that kernel),
+with RoPE and the cache write inside that kernel; ``--decode-blocks`` each once more with
+``tinylm.cache.decode_blocks``: four ``decode_linear`` products per block, norm/SwiGLU/residual folded in),
 ``max-autotune matmuls`` (Inductor's Triton matmul templates where they win: several rows per step),
 ``--inductor 'combo_kernels=True'`` (a row per set of extra Inductor settings; with ``--linear-kernel`` each
 such row once more with every projection and the head on tinylm-kernels' few-row ``linear``),
@@ -46,6 +47,7 @@ import torch
 from gpu_bench import MODELS, build
 from plain_decode_loop import PlainLlamaDecoder, decode_one, plain_greedy_generate
 
+from tinylm.cache.decode_blocks import fuse_decode_blocks
 from tinylm.cache.fast_decode import (
     GraphedGreedySteps,
     compile_greedy_step,
@@ -132,6 +134,8 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
     fuse_projections(fused)
     kernel_linears = copy.deepcopy(fused)  # every projection and the head through the few-row kernel
     use_kernel_linears(kernel_linears)
+    blocks = copy.deepcopy(fused)  # each block: four decode_linear products (norm/SwiGLU/residual folded)
+    fuse_decode_blocks(blocks)
     for key, label, m, kw in [
         ("notune", "fast, no tuning", model, {"tune": False}),
         ("opaque", "fast, our norm/rope/swiglu kernels (opaque)", model, {"inductor_kernels": False}),
@@ -159,11 +163,21 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
             )
             for o in (args.inductor if args.linear_kernel else [])
         ],
+        *[
+            (
+                f"blocks:{a}:{o}",
+                f"fast+fused, {a} attention, decode blocks, inductor {o}",
+                blocks,
+                {"inductor_options": parse_inductor_options(o), "prefer": {"decode_linear": "triton"}},
+            )
+            for a in (args.inductor_attention if args.decode_blocks else [])
+            for o in args.inductor
+        ],
     ]:
         if key in args.skip:
             continue
         attention = key if key in ("math", "kernel") else "sdpa"
-        attention = key.split(":")[1] if key.startswith(("inductor:", "linear:")) else attention
+        attention = key.split(":")[1] if key.startswith(("inductor:", "linear:", "blocks:")) else attention
         cache = static_cache(model, ids, args, attention)
         step = compile_greedy_step(dev, **kw)
         out.append((label, lambda n, m=m, c=cache, s=step: fast_greedy_generate(m, ids, n, s, c)))
@@ -283,6 +297,12 @@ def main() -> None:
         "--linear-kernel",
         action="store_true",
         help="each --inductor row once more with tinylm-kernels' few-row linear in place of cuBLAS",
+    )
+    ap.add_argument(
+        "--decode-blocks",
+        action="store_true",
+        help="each --inductor row (per --decode-attention) once more with tinylm.cache.decode_blocks: "
+        "norm, SwiGLU and residual folded into the few-row decode_linear kernel",
     )
     ap.add_argument(
         "--int8-linear-form",

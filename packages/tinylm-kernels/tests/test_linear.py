@@ -18,6 +18,7 @@ from tinylm.kernels import (
     preferring,
     use_kernel_linears,
 )
+from tinylm.kernels.linear import decode_linear
 from tinylm.kernels.linear_triton import MAX_ROWS, choose_tile, few_row_linear
 from tinylm.kernels.triton_support import INTERPRETED, triton_available
 
@@ -149,19 +150,66 @@ def test_one_graph_under_compile_with_cuda_graphs(rows, assert_close_f64):
         assert_close_f64(compiled(x, w, b).clone(), 2.0 * oracle(x, w, b) + 1.0, 2e-2, f"replay {i}")
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_kernel_compiles_for_hopper(dtype):
-    """Triton compiles the kernel for sm_90 without a GPU (ptxas ships with Triton): tensor-core MMA."""
+@pytest.mark.parametrize(
+    ("dtype", "fold"), [("bf16", ""), ("fp32", ""), ("bf16", "norm"), ("bf16", "swiglu")]
+)
+def test_kernel_compiles_for_hopper(dtype, fold):
+    """Triton compiles the kernel for sm_90 without a GPU (ptxas ships with Triton): tensor-core MMA, also
+    with the norm (eps as Inductor passes it, fp64) or SwiGLU folded in and a residual added."""
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     fn = linear_triton._linear_kernel
-    constexprs = {"HAS_BIAS": True, "IEEE": dtype == "fp32", "BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 128}
+    constexprs = {"HAS_BIAS": True, "IEEE": dtype == "fp32", "BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 128,
+                  "NORM": fold == "norm", "SWIGLU": fold == "swiglu", "RESIDUAL": fold != ""}  # fmt: skip
     ptr = f"*{dtype}"
-    types = {"Y": "*fp32", "X": ptr, "W": ptr, "B": ptr}
+    types = {"Y": "*fp32", "X": ptr, "W": ptr, "B": ptr, "G": ptr, "R": ptr, "eps": "fp64"}
     signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in fn.arg_names}
     src = ASTSource(fn=fn, signature=signature,
                     constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})  # fmt: skip
     compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32))
     assert "mma" in compiled.asm["ptx"] or dtype == "fp32"
+
+
+def decode_oracle(x, w, b, g, eps, swiglu, r):
+    """Float64: [residual +] (rms_norm(x) | silu(gate) * up | x) @ w.T + b."""
+    x = x.double().cpu()
+    if swiglu:
+        gate, up = x.chunk(2, dim=-1)
+        x = gate * torch.sigmoid(gate) * up
+    if g is not None:
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * g.double().cpu()
+    y = oracle(x, w.cpu(), b.cpu() if b is not None else None)
+    return y + r.double().cpu() if r is not None else y
+
+
+@pytest.mark.parametrize(("x_shape", "n"), [((3, 300), 17), ((2, 1, 513), 33), ((32, 1030), 40)])
+@pytest.mark.parametrize(("dtype", "tol"), DTYPES)
+@pytest.mark.parametrize("fold", ["norm", "swiglu", "norm+residual", "swiglu+residual", "residual"])
+def test_decode_linear_matches_float64(backend, device, x_shape, n, dtype, tol, fold, assert_close_f64):
+    """The norm, SwiGLU and residual folded into the product, each against the float64 composition."""
+    swiglu, norm, res = "swiglu" in fold, "norm" in fold, "residual" in fold
+    width = x_shape[-1]
+    x, w, b = inputs((*x_shape[:-1], 2 * width if swiglu else width), n, dtype, device, True)
+    w = w[:, :width].contiguous()
+    gen = torch.Generator().manual_seed(n)
+    g = (torch.rand(width, generator=gen) + 0.5).to(device, dtype) if norm else None
+    r = torch.randn(*x_shape[:-1], n, generator=gen).to(device, dtype) if res else None
+    y = decode_linear(x, w, b, norm_weight=g, eps=1e-5, swiglu=swiglu, residual=r, backend=backend)
+    assert y.dtype == dtype and y.shape == (*x_shape[:-1], n)
+    assert_close_f64(y, decode_oracle(x, w, b, g, 1e-5, swiglu, r), 4 * tol, fold)
+
+
+def test_decode_linear_input_errors():
+    x, w, _ = inputs((2, 8), 4, torch.float32, "cpu", False)
+    with pytest.raises(ValueError, match="norm_weight and swiglu together"):
+        decode_linear(torch.randn(2, 16), w, norm_weight=torch.ones(8), swiglu=True)
+    with pytest.raises(ValueError, match="even width"):
+        decode_linear(torch.randn(2, 17), w, swiglu=True)
+    with pytest.raises(ValueError, match="norm_weight has shape"):
+        decode_linear(x, w, norm_weight=torch.ones(7))
+    with pytest.raises(ValueError, match="residual has shape"):
+        decode_linear(x, w, residual=torch.ones(2, 5))
+    with pytest.raises(ValueError, match="x has 8 features, weight expects 6"):
+        decode_linear(x, w[:, :6])

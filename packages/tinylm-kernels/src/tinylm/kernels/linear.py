@@ -8,7 +8,13 @@ beating it (BENCHMARKS 7f), so nothing uses it by default. This module holds
 the public ``linear``, the reference (``F.linear``: the ``torch`` backend, fallback and test oracle) and
 ``KernelLinear``, an ``nn.Linear`` whose forward dispatches the op, with ``use_kernel_linears(model)`` to swap
 a model's plain linears for it (inference: the op has no backward).
-Registered op: ``linear`` (import ``tinylm.kernels.linear_triton`` to add the Triton backend).
+``decode_linear`` is the same product with the small ops around a decode step's projections folded in:
+an RMSNorm of the input (``norm_weight``: the pre-norm before q/k/v and gate/up), SwiGLU of a fused
+gate/up input (``swiglu``: the input of the down projection) and a residual added to the output
+(``residual``: after the o and down projections). A pre-norm block's decode step is then four such
+products and its attention, instead of nine or so kernels. Its torch backend is the composition of the
+plain ops (what Inductor fuses on its own), the Triton one does it in the few-row kernel.
+Registered ops: ``linear``, ``decode_linear`` (import ``tinylm.kernels.linear_triton`` for the kernel).
 """
 
 from __future__ import annotations
@@ -18,12 +24,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinylm.kernels.registry import dispatch, register_backend
+from tinylm.kernels.rms_norm import rms_norm_reference
+from tinylm.kernels.swiglu import swiglu_reference
 
 
 @register_backend("linear", "torch")
 def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``."""
     return F.linear(x, weight, bias)
+
+
+@register_backend("decode_linear", "torch")
+def decode_linear_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    swiglu: bool,
+    residual: torch.Tensor | None,
+) -> torch.Tensor:
+    """``[residual +] F.linear(rms_norm(x) | silu(gate) * up | x, weight, bias)`` in plain PyTorch."""
+    if swiglu:
+        x = swiglu_reference(*x.chunk(2, dim=-1))
+    if norm_weight is not None:
+        x = rms_norm_reference(x, norm_weight, eps)
+    y = F.linear(x, weight, bias)
+    return y + residual if residual is not None else y
 
 
 def check_linear_inputs(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -44,6 +71,36 @@ def linear(
     """``x @ weight.T (+ bias)`` on the best available backend (or ``backend``); inference only."""
     check_linear_inputs(x, weight, bias)
     return dispatch("linear", backend, x.device)(x, weight, bias)
+
+
+def decode_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    swiglu: bool = False,
+    residual: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """``x @ weight.T (+ bias)`` with, optionally, ``x`` first RMS-normalised (``norm_weight``, ``eps``) or
+    taken as SwiGLU of its two halves (``swiglu``: ``x`` is ``[gate | up]``, twice ``weight``'s width), and
+    ``residual`` (..., out) added to the result. Inference only."""
+    if norm_weight is not None and swiglu:
+        raise ValueError("decode_linear: norm_weight and swiglu together are not supported; pick one")
+    width = x.shape[-1] // 2 if swiglu else x.shape[-1]
+    if swiglu and x.shape[-1] % 2:
+        raise ValueError(f"decode_linear: swiglu needs [gate | up] of even width, got {x.shape[-1]}")
+    check_linear_inputs(x[..., :width], weight, bias)
+    if norm_weight is not None and norm_weight.shape != (width,):
+        raise ValueError(f"decode_linear: norm_weight has shape {tuple(norm_weight.shape)}, need ({width},)")
+    if residual is not None and residual.shape != (*x.shape[:-1], weight.shape[0]):
+        raise ValueError(
+            f"decode_linear: residual has shape {tuple(residual.shape)}, need "
+            f"{(*x.shape[:-1], weight.shape[0])}"
+        )
+    fn = dispatch("decode_linear", backend, x.device)
+    return fn(x, weight, bias, norm_weight, float(eps), swiglu, residual)
 
 
 class KernelLinear(nn.Linear):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from tinylm.kernels.linear import linear_reference
+from tinylm.kernels.linear import decode_linear_reference, linear_reference
 from tinylm.kernels.registry import register_backend
 from tinylm.kernels.triton_support import (
     DEVICE_TYPES,
@@ -37,30 +37,49 @@ STAGE_BYTES = 48 * 1024  # x and W tiles of one pipeline stage (Triton keeps 3 s
 
 @triton.jit
 def _linear_kernel(
-    Y, X, W, B, M, N, K, stride_xm, stride_wn, stride_ym,
-    HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
+    Y, X, W, B, G, R, M, N, K, eps, stride_xm, stride_wn, stride_ym, stride_rm,
+    HAS_BIAS: tl.constexpr, NORM: tl.constexpr, SWIGLU: tl.constexpr, RESIDUAL: tl.constexpr,
+    IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m, mask_n = offs_m < M, offs_n < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    squares = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        x = tl.load(X + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :],
-                    other=0.0)  # fmt: skip
+        x_ptrs = X + offs_m[:, None] * stride_xm + offs_k[None, :]
+        x_mask = mask_m[:, None] & mask_k[None, :]
+        x = tl.load(x_ptrs, mask=x_mask, other=0.0)
+        if SWIGLU:  # x is [gate | up]: the input is silu(gate) * up, rounded as the plain op rounds it
+            gate = x.to(tl.float32)
+            up = tl.load(x_ptrs + K, mask=x_mask, other=0.0).to(tl.float32)
+            x = (gate * tl.sigmoid(gate) * up).to(W.dtype.element_ty)
+        if NORM:  # RMSNorm of x folded in: its 1/rms is one factor per row, applied after the sum
+            xf = x.to(tl.float32)
+            squares += tl.sum(xf * xf, axis=1)
+            x = (xf * tl.load(G + offs_k, mask=mask_k, other=0.0).to(tl.float32)[None, :]).to(
+                W.dtype.element_ty
+            )
         w = tl.load(W + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :],
                     mask=mask_n[:, None] & mask_k[None, :], other=0.0)  # fmt: skip
         if IEEE:
             acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
         else:
             acc = tl.dot(x, tl.trans(w), acc)
+    if NORM:  # eps may come in as float64 from a compiled graph: keep the factor float32
+        acc = acc * tl.rsqrt((squares / K + eps).to(tl.float32))[:, None]
     if HAS_BIAS:
         acc += tl.load(B + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    out_mask = mask_m[:, None] & mask_n[None, :]
+    if RESIDUAL:
+        acc += tl.load(R + offs_m[:, None] * stride_rm + offs_n[None, :], mask=out_mask, other=0.0).to(
+            tl.float32
+        )
     y_ptrs = Y + offs_m[:, None] * stride_ym + offs_n[None, :]
-    tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=out_mask)
 
 
 def choose_tile(m: int, n: int, k: int, element_size: int = 2) -> tuple[int, int, int]:
@@ -84,19 +103,26 @@ def few_row_linear(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     tile: tuple[int, int, int] | None = None,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    swiglu: bool = False,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Launch the kernel: ``x`` (..., K) with at most ``MAX_ROWS`` rows, ``weight`` (N, K) contiguous.
+    """Launch the kernel: ``x`` (..., K) with at most ``MAX_ROWS`` rows, ``weight`` (N, K) contiguous;
+    ``norm_weight``, ``swiglu`` (``x`` is (..., 2K)) and ``residual`` as in ``decode_linear``.
 
     ``tile``: ``(BLOCK_M, BLOCK_N, BLOCK_K)`` in place of ``choose_tile``'s (benchmarks)."""
     n, k = weight.shape
-    x2 = x.reshape(-1, k).contiguous()
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
     m = x2.shape[0]
     block_m, block_n, block_k = tile or choose_tile(m, n, k, x.element_size())
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
+    r = residual.reshape(m, n).contiguous() if residual is not None else y  # y: a placeholder pointer
     _launch[(triton.cdiv(n, block_n),)](
-        y, x2, weight, bias if bias is not None else y, m, n, k, x2.stride(0), weight.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_K=block_k,
+        y, x2, weight, bias if bias is not None else y, norm_weight if norm_weight is not None else y, r,
+        m, n, k, eps, x2.stride(0), weight.stride(0), y.stride(0), r.stride(0),
+        HAS_BIAS=bias is not None, NORM=norm_weight is not None, SWIGLU=swiglu, RESIDUAL=residual is not None,
+        IEEE=x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
     )  # fmt: skip
     return y.reshape(*x.shape[:-1], n)
 
@@ -108,9 +134,32 @@ if HAS_TRITON and not INTERPRETED:
     def _few_row_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return few_row_linear(x, weight, bias)
 
-    _run = _few_row_linear_op
+    @triton_op("tinylm::few_row_decode_linear", mutates_args=())
+    def _few_row_decode_linear_op(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        norm_weight: torch.Tensor | None,
+        eps: float,
+        swiglu: bool,
+        residual: torch.Tensor | None,
+    ) -> torch.Tensor:
+        return few_row_linear(x, weight, bias, None, norm_weight, eps, swiglu, residual)
+
+    _run, _run_decode = _few_row_linear_op, _few_row_decode_linear_op
 else:
     _run = few_row_linear
+
+    def _run_decode(x, weight, bias, norm_weight, eps, swiglu, residual):
+        return few_row_linear(x, weight, bias, None, norm_weight, eps, swiglu, residual)
+
+
+def _kernel_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Up to ``MAX_ROWS`` rows of float16/bfloat16/float32 on the device, ``x`` in ``weight``'s dtype,
+    a row-major weight; else the reference (more rows, float64, off-device)."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    takes = 0 < rows <= MAX_ROWS and x.dtype != torch.float64 and weight.stride(-1) == 1
+    return takes and kernels_take("linear", x=x, weight=weight) and x.dtype == weight.dtype
 
 
 @register_backend(
@@ -123,9 +172,30 @@ else:
 def linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The kernel for up to ``MAX_ROWS`` rows of float16/bfloat16/float32; the reference otherwise (more
     rows, float64, off-device, a weight that is not row-major)."""
-    rows = x.numel() // max(x.shape[-1], 1)
-    takes = 0 < rows <= MAX_ROWS and x.dtype != torch.float64 and weight.stride(-1) == 1
-    takes = takes and kernels_take("linear", x=x, weight=weight) and x.dtype == weight.dtype
-    if not takes:
+    if not _kernel_takes(x, weight):
         return linear_reference(x, weight, bias)
     return _run(x, weight.contiguous(), bias.contiguous() if bias is not None else None)
+
+
+@register_backend(
+    "decode_linear",
+    "triton",
+    available=triton_available,
+    why_unavailable=why_triton_unavailable,
+    device_types=DEVICE_TYPES,
+)
+def decode_linear_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    swiglu: bool,
+    residual: torch.Tensor | None,
+) -> torch.Tensor:
+    """The kernel with the norm / SwiGLU / residual folded in, where ``linear_triton`` takes the inputs; the
+    reference (the plain ops in sequence) otherwise."""
+    if not _kernel_takes(x, weight):
+        return decode_linear_reference(x, weight, bias, norm_weight, eps, swiglu, residual)
+    c = lambda t: t.contiguous() if t is not None else None  # noqa: E731
+    return _run_decode(x, weight.contiguous(), c(bias), c(norm_weight), eps, swiglu, c(residual))

@@ -174,12 +174,19 @@ class Attention(nn.Module):
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
-        b, t, _ = x.shape
         if self.qkv_proj is not None:
             kv_width = self.n_kv_heads * self.head_dim
             q, k, v = self.qkv_proj(x).split([self.n_heads * self.head_dim, kv_width, kv_width], dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return self.o_proj(self.attend_heads(q, k, v, ctx))
+
+    def attend_heads(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext
+    ) -> torch.Tensor:
+        """Attention of the projected ``q`` (B, T, H*hd), ``k``, ``v`` (B, T, Hkv*hd): RoPE, the cache and
+        the backend; ``(B, T, H*hd)``, the input of ``o_proj``."""
+        b, t, _ = q.shape
         q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
@@ -193,11 +200,11 @@ class Attention(nn.Module):
         )
         out = rope_attend(self.layer_idx, q, k, v, self.scale, ctx) if rope_attend is not None else None
         if out is not None:
-            return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+            return out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
         q, k = ctx.positional.rotate(q, k, ctx.positions, ctx.memo)
         out = attend(self.layer_idx, q, k, v, self.scale, ctx) if use else None
         if out is not None:
-            return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+            return out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
         mask = ctx.mask
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)  # (B, Hkv, S, hd) with the past prepended
@@ -217,4 +224,4 @@ class Attention(nn.Module):
             self.dropout if self.training else 0.0,
             self.scale,
         )  # (B, H, T, hd)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+        return out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)

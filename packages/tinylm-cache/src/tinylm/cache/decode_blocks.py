@@ -1,0 +1,68 @@
+"""Decode blocks: a pre-norm block's decode step as four ``decode_linear`` products and its attention.
+
+A LLaMA block at decode time runs, per layer, about nine kernels: add + RMSNorm, the q/k/v product, RoPE and
+the cache write, attention, the o product, add + RMSNorm, the gate/up product, SwiGLU, the down product.
+At 110M batch 32 each kernel is a few microseconds of mostly fixed cost (BENCHMARKS 7e-7g), so the count is
+what costs. ``fuse_decode_blocks(model)`` turns every eligible ``PreNormBlock`` into a ``DecodeFusedBlock``
+(the same module and parameters, another ``forward``) whose step is::
+
+    qkv = decode_linear(x, W_qkv, norm_weight=attn_norm)           # RMSNorm folded into the product
+    h   = decode_linear(attention(qkv), W_o, residual=x)           # residual added in the epilogue
+    gu  = decode_linear(h, W_gate_up, norm_weight=mlp_norm)
+    out = decode_linear(gu, W_down, swiglu=True, residual=h)       # SwiGLU folded into the prologue
+
+On a GPU with few rows ``decode_linear`` is tinylm-kernels' few-row Triton kernel; elsewhere (and for a
+prefill's many rows) it is the plain ops in sequence, so the numbers match the unfused block up to
+rounding. Eligible: plain ``Attention`` with fused q/k/v (``tinylm.core.fusion.fuse_projections``),
+``GatedMLP`` with SiLU and fused gate/up, ``RMSNorm`` norms. In training mode the block runs as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from tinylm.core.components.attention import Attention
+from tinylm.core.components.blocks import PreNormBlock
+from tinylm.core.components.mlp import GatedMLP
+from tinylm.core.components.norms import RMSNorm
+from tinylm.kernels import dispatch
+
+
+class DecodeFusedBlock(PreNormBlock):
+    """A ``PreNormBlock`` whose inference forward is four ``decode_linear`` products and the attention."""
+
+    def forward(self, x: torch.Tensor, ctx: Any) -> torch.Tensor:
+        if self.training:
+            return super().forward(x, ctx)
+        linear = dispatch("decode_linear", None, x.device)  # compiled code guards on the choice
+        a, m, n1, n2 = self.attn, self.mlp, self.attn_norm, self.mlp_norm
+        qkv = linear(x, a.qkv_proj.weight, a.qkv_proj.bias, n1.weight, n1.eps, False, None)
+        kv_width = a.n_kv_heads * a.head_dim
+        q, k, v = qkv.split([a.n_heads * a.head_dim, kv_width, kv_width], dim=-1)
+        h = linear(a.attend_heads(q, k, v, ctx), a.o_proj.weight, a.o_proj.bias, None, 0.0, False, x)
+        gu = linear(h, m.gate_up_proj.weight, m.gate_up_proj.bias, n2.weight, n2.eps, False, None)
+        return linear(gu, m.down_proj.weight, m.down_proj.bias, None, 0.0, True, h)
+
+
+def _eligible(block: nn.Module) -> bool:
+    if type(block) is not PreNormBlock:
+        return False
+    a, m = block.attn, block.mlp
+    norms = type(block.attn_norm) is RMSNorm and type(block.mlp_norm) is RMSNorm
+    attn = type(a) is Attention and type(a.qkv_proj) is nn.Linear and type(a.o_proj) is nn.Linear
+    mlp = type(m) is GatedMLP and m.activation == "silu" and type(m.gate_up_proj) is nn.Linear
+    return norms and attn and mlp and type(m.down_proj) is nn.Linear
+
+
+def fuse_decode_blocks(model: nn.Module) -> int:
+    """Turn every eligible ``PreNormBlock`` of ``model`` into a ``DecodeFusedBlock`` in place (parameters
+    and ``state_dict`` unchanged); returns how many. Fuse the projections first (``fuse_projections``)."""
+    changed = 0
+    for module in model.modules():
+        if _eligible(module):
+            module.__class__ = DecodeFusedBlock
+            changed += 1
+    return changed
