@@ -6,8 +6,7 @@ The checkpoint directory holds model.safetensors + config.json (tinylm-core) and
 quantized, sliding_window, ...); ``--engine FILE`` serves every line of FILE as a prompt through the
 continuous-batching engine. ``--quant SCHEME`` quantizes the model (tinylm-quant; a directory written by
 ``save_quantized`` loads as saved). ``--fast`` decodes greedily with fused projections, a static cache and
-one CUDA graph per token (tinylm.cache.fast_decode); with ``--quant int8_weight_only_gemv`` its int8
-projections are fused and the RMSNorms folded into them (``tinylm.quant.gemv.prepare_int8_decode``).
+one CUDA graph per token (tinylm.cache.fast_decode; int8_weight_only_gemv models: prepare_int8_decode).
 Errors are one line on stderr with a non-zero exit code.
 """
 
@@ -48,9 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quant", default="none", help=f"quantization scheme: {', '.join(SCHEMES)}")
     p.add_argument("--engine", metavar="FILE", help="serve each line of FILE through the batching engine")
     p.add_argument("--fast", action="store_true", help="fast greedy decoding (with --temperature 0)")
-    p.add_argument(
-        "--steps-per-graph", type=int, default=1, help="--fast: greedy steps per CUDA-graph replay"
-    )
+    p.add_argument("--steps-per-graph", type=int, default=1, help="--fast: greedy steps per graph replay")
     p.add_argument(
         "--inductor-option",
         action="append",
@@ -58,9 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="--fast: a torch._inductor.config setting, e.g. combo_kernels=True (repeatable)",
     )
-    p.add_argument(
-        "--decode-attention", default="sdpa", help="--fast: sdpa, math, kernel or kernel_rope (static cache)"
-    )
+    p.add_argument("--decode-attention", default="sdpa", help="--fast: sdpa, math, kernel, kernel_rope")
     media = p.add_mutually_exclusive_group()  # captioners (tinylm-mm): --ckpt <train run dir>/captioner
     media.add_argument("--image", help="caption this image file (greedy) with a tinylm-mm captioner")
     media.add_argument("--audio", help="caption this WAV file (greedy) with a tinylm-mm captioner")
