@@ -186,24 +186,30 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
     plain_run = torch.no_grad()(lambda n: plain_greedy_generate(dec, plain, ids, n))
     out.append(("plain loop+compile (gpt-fast style)", plain_run))
     # last: a failed capture must not cost the other rows
-    for k in args.graph_steps:  # k steps per CUDA-graph replay: one step per Inductor graph, our own capture
-        c = static_cache(model, ids, args, args.decode_attention, extra=k)
-        step = compile_greedy_step(
-            dev, cudagraphs=False, inductor_options=parse_inductor_options(args.fast_options)
-        )
-        g = GraphedGreedySteps(fused, c, k, step)
-
-        def graphed_run(n, g=g):
-            if g.graph is None:
-                g.capture()
-            return torch.cat([ids, *(t[:, None] for t in graphed_greedy_stream(fused, ids, n, g))], dim=1)
-
-        graphed_run.steps_per_call = k
+    for k in args.graph_steps:
         label = (
             f"fast+fused, {args.decode_attention} attention{options_label(args)}, {k} steps per CUDA graph"
         )
-        out.append((label, graphed_run))
+        out.append((label, graphed_run(fused, model, ids, args, k)))
     return out
+
+
+def graphed_run(m, model, ids, args, k: int, prefer: dict | None = None, rows: int = REDUCTION_MAX_ROWS):
+    """run(n) for ``m`` with ``k`` steps per CUDA-graph replay (one step per Inductor graph, our own capture);
+    captured on first use. ``model``: the unquantized model, for the cache's shape and dtype."""
+    c = static_cache(model, ids, args, args.decode_attention, extra=k)
+    options = parse_inductor_options(args.fast_options)
+    step = compile_greedy_step(ids.device, prefer=prefer, cudagraphs=False, inductor_options=options)
+    g = GraphedGreedySteps(m, c, k, step)
+
+    def run(n):
+        with compiled_reduction_rows(rows):
+            if g.graph is None:
+                g.capture()
+            return torch.cat([ids, *(t[:, None] for t in graphed_greedy_stream(m, ids, n, g))], dim=1)
+
+    run.steps_per_call = k
+    return run
 
 
 def quant_variants(model, ids, args) -> list[tuple[str, object]]:
@@ -241,20 +247,8 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
 
         out.append((label + (f" ({variant})" if variant else ""), run))
         for k in args.graph_steps:  # the same model, k steps per CUDA-graph replay: no host time per step
-            c = static_cache(model, ids, args, args.decode_attention, extra=k)
-            step = compile_greedy_step(ids.device, prefer=prefer, cudagraphs=False, inductor_options=options)
-            g = GraphedGreedySteps(m, c, k, step)
-
-            def graphed_run(n, m=m, g=g, rows=rows):
-                with compiled_reduction_rows(rows):
-                    if g.graph is None:
-                        g.capture()
-                    return torch.cat([ids, *(t[:, None] for t in graphed_greedy_stream(m, ids, n, g))], 1)
-
-            graphed_run.steps_per_call = k
-            out.append(
-                (f"{label}, {k} steps per CUDA graph" + (f" ({variant})" if variant else ""), graphed_run)
-            )
+            tag = f"{label}, {k} steps per CUDA graph" + (f" ({variant})" if variant else "")
+            out.append((tag, graphed_run(m, model, ids, args, k, prefer, rows)))
     return out
 
 

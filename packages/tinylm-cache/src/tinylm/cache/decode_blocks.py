@@ -39,9 +39,7 @@ class DecodeFusedBlock(PreNormBlock):
             return super().forward(x, ctx)
         linear = dispatch("decode_linear", None, x.device)  # compiled code guards on the choice
         a, m, n1, n2 = self.attn, self.mlp, self.attn_norm, self.mlp_norm
-        qkv = linear(x, a.qkv_proj.weight, a.qkv_proj.bias, n1.weight, n1.eps, False, None)
-        kv_width = a.n_kv_heads * a.head_dim
-        q, k, v = qkv.split([a.n_heads * a.head_dim, kv_width, kv_width], dim=-1)
+        q, k, v = a.split_qkv(linear(x, a.qkv_proj.weight, a.qkv_proj.bias, n1.weight, n1.eps, False, None))
         h = linear(a.attend_heads(q, k, v, ctx), a.o_proj.weight, a.o_proj.bias, None, 0.0, False, x)
         gu = linear(h, m.gate_up_proj.weight, m.gate_up_proj.bias, n2.weight, n2.eps, False, None)
         return linear(gu, m.down_proj.weight, m.down_proj.bias, None, 0.0, True, h)

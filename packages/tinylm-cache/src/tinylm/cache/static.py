@@ -76,12 +76,7 @@ class StaticCache:
         b, _, t, _ = k.shape
         if b != self.batch_size:
             raise ValueError(f"static cache was built for batch {self.batch_size}, got a batch of {b}")
-        # (skipped while torch.compile traces, so the growing length is no guard: one graph for all steps)
-        if not torch.compiler.is_compiling() and self._len + t > self.max_seq_len:
-            raise ValueError(
-                f"static cache holds {self.max_seq_len} positions; {self._len} stored + {t} new is too many "
-                "(build it with a larger max_seq_len)"
-            )
+        self._check_room(t)
         idx = self._write_index(t)
         self.keys[layer_idx].index_copy_(2, idx, k.to(self.keys[layer_idx].dtype))
         self.values[layer_idx].index_copy_(2, idx, v.to(self.values[layer_idx].dtype))
@@ -118,11 +113,7 @@ class StaticCache:
         None otherwise (the caller rotates and goes on as usual)."""
         if self.decode_attention != "kernel_rope" or q.shape[2] != 1:
             return None
-        if not torch.compiler.is_compiling() and self._len + 1 > self.max_seq_len:
-            raise ValueError(
-                f"static cache holds {self.max_seq_len} positions; {self._len} stored + 1 new is too many "
-                "(build it with a larger max_seq_len)"
-            )
+        self._check_room(1)
         key = ("rope", q.dtype)  # the table RoPE.rotate would build and share across layers
         if key not in ctx.memo:
             ctx.memo[key] = ctx.positional.cos_sin(ctx.positions, q.dtype)  # (B, 1, 1, hd)
@@ -131,6 +122,14 @@ class StaticCache:
         out = rope_decode_attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], cos, sin, self.keys[layer_idx],
                                     self.values[layer_idx], self.position, self.key_valid, scale)  # fmt: skip
         return out[:, :, None]
+
+    def _check_room(self, t: int) -> None:
+        # (skipped while torch.compile traces, so the growing length is no guard: one graph for all steps)
+        if not torch.compiler.is_compiling() and self._len + t > self.max_seq_len:
+            raise ValueError(
+                f"static cache holds {self.max_seq_len} positions; {self._len} stored + {t} new is too many "
+                "(build it with a larger max_seq_len)"
+            )
 
     def _mark_new_slot_valid(self, ctx: Any) -> None:
         if "static_valid" not in ctx.memo:  # once per step: the new slot holds a real token

@@ -14,6 +14,8 @@ unfused one. Subclasses of ``Attention``/``GatedMLP`` (routing variants) are lef
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -34,6 +36,17 @@ def _concat(linears: list[nn.Linear]) -> nn.Linear:
     return out
 
 
+def projection_groups(model: nn.Module) -> Iterator[tuple[nn.Module, tuple[str, ...], str]]:
+    """``(module, part names, fused name)`` for every plain ``Attention`` and ``GatedMLP`` of ``model`` not
+    fused yet: ``("q_proj", "k_proj", "v_proj") -> "qkv_proj"``, ``("gate_proj", "up_proj") ->
+    "gate_up_proj"`` (also how tinylm-quant fuses its int8 projections)."""
+    for module in model.modules():
+        if type(module) is Attention and module.qkv_proj is None:
+            yield module, ("q_proj", "k_proj", "v_proj"), "qkv_proj"
+        elif type(module) is GatedMLP and module.gate_up_proj is None:
+            yield module, ("gate_proj", "up_proj"), "gate_up_proj"
+
+
 def fuse_projections(model: nn.Module) -> int:
     """Fuse q/k/v and gate/up projections in place; returns how many modules were fused.
 
@@ -41,22 +54,14 @@ def fuse_projections(model: nn.Module) -> int:
     an error: fuse first, then quantize).
     """
     fused = 0
-    for module in model.modules():
-        if type(module) is Attention and module.qkv_proj is None:
-            parts = [module.q_proj, module.k_proj, module.v_proj]
-            names = ("q_proj", "k_proj", "v_proj")
-        elif type(module) is GatedMLP and module.gate_up_proj is None:
-            parts = [module.gate_proj, module.up_proj]
-            names = ("gate_proj", "up_proj")
-        else:
-            continue
+    for module, names, target in list(projection_groups(model)):
+        parts = [getattr(module, n) for n in names]
         if any(type(m) is not nn.Linear for m in parts):
             kinds = sorted({type(m).__name__ for m in parts})
             raise TypeError(
                 f"fuse_projections fuses plain nn.Linear projections, found {', '.join(kinds)}: "
                 "fuse before quantizing or wrapping the model"
             )
-        target = "qkv_proj" if isinstance(module, Attention) else "gate_up_proj"
         setattr(module, target, _concat(parts))
         for name in names:
             delattr(module, name)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from tinylm.kernels.registry import dispatch, register_backend
+from tinylm.kernels.rope import apply_rope_reference
 
 
 def decode_mask(position: torch.Tensor, length: int, key_valid: torch.Tensor | None) -> torch.Tensor:
@@ -58,12 +59,6 @@ def decode_attention_reference(
     return out[:, :, 0].to(q.dtype)
 
 
-def rotate_half_split(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE of ``x`` (B, H, hd) by ``cos``/``sin`` (B, hd), half-split layout (LLaMA, Hugging Face)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos[:, None] + torch.cat((-x2, x1), dim=-1) * sin[:, None]
-
-
 @register_backend("rope_decode_attention", "torch")
 def rope_decode_attention_reference(
     q: torch.Tensor,
@@ -78,12 +73,11 @@ def rope_decode_attention_reference(
     scale: float,
 ) -> torch.Tensor:
     """Rotate, store the new key/value at ``position`` (in place), then ``decode_attention_reference``."""
+    q, k_new = apply_rope_reference(q, k_new, cos[:, None], sin[:, None])  # (B, 1, hd): over the heads
     idx = position.reshape(1)
-    keys.index_copy_(2, idx, rotate_half_split(k_new, cos, sin)[:, :, None].to(keys.dtype))
+    keys.index_copy_(2, idx, k_new[:, :, None].to(keys.dtype))
     values.index_copy_(2, idx, v_new[:, :, None].to(values.dtype))
-    return decode_attention_reference(
-        rotate_half_split(q, cos, sin), keys, values, position, key_valid, scale
-    )
+    return decode_attention_reference(q, keys, values, position, key_valid, scale)
 
 
 def check_decode_attention_inputs(

@@ -24,6 +24,7 @@ from tinylm.core.components.attention import Attention
 from tinylm.core.components.blocks import PreNormBlock
 from tinylm.core.components.mlp import GatedMLP
 from tinylm.core.components.norms import RMSNorm
+from tinylm.core.fusion import projection_groups
 from tinylm.kernels import int8_gemv_triton as _int8_gemv_triton  # noqa: F401  (registers the backend)
 from tinylm.kernels.int8_gemv import check_int8_linear_inputs
 from tinylm.kernels.registry import dispatch
@@ -117,13 +118,7 @@ def fuse_int8_projections(model: nn.Module) -> int:
     (in place; returns how many modules were fused). Exact: each output row keeps its int8 values and its
     own scale. Projections that are not all ``Int8GemvLinear`` (or already fused) are left alone."""
     fused = 0
-    for module in model.modules():
-        if type(module) is Attention and module.qkv_proj is None:
-            names, target = ("q_proj", "k_proj", "v_proj"), "qkv_proj"
-        elif type(module) is GatedMLP and module.gate_up_proj is None:
-            names, target = ("gate_proj", "up_proj"), "gate_up_proj"
-        else:
-            continue
+    for module, names, target in list(projection_groups(model)):
         parts = [getattr(module, n) for n in names]
         if any(type(p) is not Int8GemvLinear for p in parts) or len({p.bias is None for p in parts}) > 1:
             continue

@@ -175,11 +175,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         if self.qkv_proj is not None:
-            kv_width = self.n_kv_heads * self.head_dim
-            q, k, v = self.qkv_proj(x).split([self.n_heads * self.head_dim, kv_width, kv_width], dim=-1)
+            q, k, v = self.split_qkv(self.qkv_proj(x))
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         return self.o_proj(self.attend_heads(q, k, v, ctx))
+
+    def split_qkv(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The fused projection's output ``(..., (H + 2 Hkv) * hd)`` as ``q``, ``k``, ``v`` (views)."""
+        kv_width = self.n_kv_heads * self.head_dim
+        q, k, v = qkv.split([self.n_heads * self.head_dim, kv_width, kv_width], dim=-1)
+        return q, k, v
 
     def attend_heads(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: AttentionContext
