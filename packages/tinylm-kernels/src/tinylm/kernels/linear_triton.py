@@ -107,22 +107,26 @@ def few_row_linear(
     eps: float = 1e-6,
     swiglu: bool = False,
     residual: torch.Tensor | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """Launch the kernel: ``x`` (..., K) with at most ``MAX_ROWS`` rows, ``weight`` (N, K) contiguous;
     ``norm_weight``, ``swiglu`` (``x`` is (..., 2K)) and ``residual`` as in ``decode_linear``.
 
-    ``tile``: ``(BLOCK_M, BLOCK_N, BLOCK_K)`` in place of ``choose_tile``'s (benchmarks)."""
+    ``tile``: ``(BLOCK_M, BLOCK_N, BLOCK_K)`` in place of ``choose_tile``'s; ``num_warps`` /
+    ``num_stages`` in place of Triton's defaults (benchmarks sweep them)."""
     n, k = weight.shape
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     m = x2.shape[0]
     block_m, block_n, block_k = tile or choose_tile(m, n, k, x.element_size())
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     r = residual.reshape(m, n).contiguous() if residual is not None else y  # y: a placeholder pointer
+    options = {key: v for key, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v is not None}
     _launch[(triton.cdiv(n, block_n),)](
         y, x2, weight, bias if bias is not None else y, norm_weight if norm_weight is not None else y, r,
         m, n, k, eps, x2.stride(0), weight.stride(0), y.stride(0), r.stride(0),
         HAS_BIAS=bias is not None, NORM=norm_weight is not None, SWIGLU=swiglu, RESIDUAL=residual is not None,
-        IEEE=x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        IEEE=x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, **options,
     )  # fmt: skip
     return y.reshape(*x.shape[:-1], n)
 
