@@ -99,7 +99,7 @@ def measure_fold(m: int, n: int, k: int, fold: str, copies: int = 40) -> dict:
 
 
 def main_folds(rows: list[int], path: str) -> None:
-    head = "| rows | product | cuBLAS, no fold | ours, no fold | ours + fold, chosen | best (BN, BK, warps, stages)"
+    head = "| rows | product | cuBLAS, no fold | ours, no fold | ours + fold | best (BN, BK, warps, stages)"
     print(head + " | its us |\n|---:|---|---:|---:|---:|---|---:|")
     out = []
     for m in rows:
