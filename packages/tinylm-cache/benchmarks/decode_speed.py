@@ -13,7 +13,7 @@ step with argmax in one graph, Inductor-visible kernels, coordinate-descent tuni
 ``kernel decode attention`` (``decode_attention="kernel"``: tinylm-kernels' Triton decode kernel;
 ``--decode-attention kernel,kernel_rope`` gives each ``--inductor`` row once per attention, ``kernel_rope``
 with RoPE and the cache write inside that kernel; ``--decode-blocks`` each once more with
-``tinylm.cache.decode_blocks``: four ``decode_linear`` products per block, norm/SwiGLU/residual folded in),
+``tinylm.cache.decode_blocks``: small ops folded into ``decode_linear`` products, per fold plan),
 ``max-autotune matmuls`` (Inductor's Triton matmul templates where they win: several rows per step),
 ``--inductor 'combo_kernels=True'`` (a row per set of extra Inductor settings; with ``--linear-kernel`` each
 such row once more with every projection and the head on tinylm-kernels' few-row ``linear``),
@@ -134,8 +134,10 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
     fuse_projections(fused)
     kernel_linears = copy.deepcopy(fused)  # every projection and the head through the few-row kernel
     use_kernel_linears(kernel_linears)
-    blocks = copy.deepcopy(fused)  # each block: four decode_linear products (norm/SwiGLU/residual folded)
-    fuse_decode_blocks(blocks)
+    blocks = {}  # per fold plan: each block's small ops folded into decode_linear products
+    for folds in args.decode_blocks:
+        blocks[folds] = copy.deepcopy(fused)
+        fuse_decode_blocks(blocks[folds], folds)
     for key, label, m, kw in [
         ("notune", "fast, no tuning", model, {"tune": False}),
         ("opaque", "fast, our norm/rope/swiglu kernels (opaque)", model, {"inductor_kernels": False}),
@@ -165,12 +167,13 @@ def variants(model, ids, args) -> list[tuple[str, object]]:
         ],
         *[
             (
-                f"blocks:{a}:{o}",
-                f"fast+fused, {a} attention, decode blocks, inductor {o}",
-                blocks,
+                f"blocks:{a}:{o}:{f}",
+                f"fast+fused, {a} attention, decode blocks ({f} folds), inductor {o}",
+                blocks[f],
                 {"inductor_options": parse_inductor_options(o), "prefer": {"decode_linear": "triton"}},
             )
-            for a in (args.inductor_attention if args.decode_blocks else [])
+            for f in args.decode_blocks
+            for a in args.inductor_attention
             for o in args.inductor
         ],
     ]:
@@ -294,9 +297,13 @@ def main() -> None:
     )
     ap.add_argument(
         "--decode-blocks",
-        action="store_true",
-        help="each --inductor row (per --decode-attention) once more with tinylm.cache.decode_blocks: "
-        "norm, SwiGLU and residual folded into the few-row decode_linear kernel",
+        nargs="?",
+        const=["epilogue"],
+        default="",
+        type=lambda s: [f for f in s.split(",") if f],
+        help="each --inductor row (per --decode-attention) once more with tinylm.cache.decode_blocks, per "
+        "fold plan (comma list of epilogue, prologue; bare flag: epilogue): small ops folded into the "
+        "few-row decode_linear kernel",
     )
     ap.add_argument(
         "--int8-linear-form",

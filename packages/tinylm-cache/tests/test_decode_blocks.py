@@ -9,26 +9,28 @@ import torch
 
 from tinylm.cache import StaticCache
 from tinylm.cache.conformance import tiny_model
-from tinylm.cache.decode_blocks import DecodeFusedBlock, fuse_decode_blocks
+from tinylm.cache.decode_blocks import FOLDS, DecodeFusedBlock, fuse_decode_blocks
 from tinylm.cache.static import static_greedy_generate
 from tinylm.core.fusion import fuse_projections
 from tinylm.core.generate import generate
 
 
-def fused_copy(model):
+def fused_copy(model, folds="epilogue"):
     m = copy.deepcopy(model)
     fuse_projections(m)
-    assert fuse_decode_blocks(m) == len(m.layers)
+    assert fuse_decode_blocks(m, folds) == len(m.layers)
+    assert all(b.decode_folds == folds for b in m.layers)
     return m
 
 
-def test_same_logits_and_greedy_tokens_as_the_unfused_model() -> None:
+@pytest.mark.parametrize("folds", FOLDS)
+def test_same_logits_and_greedy_tokens_as_the_unfused_model(folds) -> None:
     model = tiny_model()
     with torch.no_grad():  # norm weights away from 1, so a norm left out or applied twice would show
         for block in model.layers:
             block.attn_norm.weight.uniform_(0.5, 1.5)
             block.mlp_norm.weight.uniform_(0.5, 1.5)
-    fused = fused_copy(model)
+    fused = fused_copy(model, folds)
     assert all(type(b) is DecodeFusedBlock for b in fused.layers)
     ids = torch.randint(0, 97, (2, 7), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -67,3 +69,8 @@ def test_ineligible_blocks_are_left_alone(overrides, fuse) -> None:
         fuse_projections(model)
     assert fuse_decode_blocks(model) == 0
     assert not any(type(b) is DecodeFusedBlock for b in model.layers)
+
+
+def test_unknown_folds_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown folds 'both'; choose one of epilogue, prologue"):
+        fuse_decode_blocks(tiny_model(), "both")

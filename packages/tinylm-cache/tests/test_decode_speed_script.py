@@ -17,7 +17,7 @@ def test_every_row_runs_and_agrees_with_the_eager_decoder(tmp_path):
     args = ("--device cpu --workloads quick:1 --new-tokens 6 --repeats 1 --graph-steps 4 "
             "--decode-attention kernel,kernel_rope --skip notune,opaque,fast,autotune --rounds 2 "
             "--fast-options combo_kernels=True --inductor combo_kernels=True --linear-kernel "
-            "--decode-blocks")  # fmt: skip
+            "--decode-blocks epilogue,prologue")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, str(BENCH / "decode_speed.py"), *args.split(), "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
@@ -29,8 +29,10 @@ def test_every_row_runs_and_agrees_with_the_eager_decoder(tmp_path):
         "fast+fused, kernel decode attention", "fast+fused, kernel attention, inductor combo_kernels=True",
         "fast+fused, kernel_rope attention, inductor combo_kernels=True",
         "fast+fused, kernel attention, few-row linear kernel, inductor combo_kernels=True",
-        "fast+fused, kernel attention, decode blocks, inductor combo_kernels=True",
-        "fast+fused, kernel_rope attention, decode blocks, inductor combo_kernels=True",
+        "fast+fused, kernel attention, decode blocks (epilogue folds), inductor combo_kernels=True",
+        "fast+fused, kernel_rope attention, decode blocks (epilogue folds), inductor combo_kernels=True",
+        "fast+fused, kernel attention, decode blocks (prologue folds), inductor combo_kernels=True",
+        "fast+fused, kernel_rope attention, decode blocks (prologue folds), inductor combo_kernels=True",
         "plain loop+compile (gpt-fast style)",
         "fast+fused, kernel attention, inductor combo_kernels=True, 4 steps per CUDA graph",
     ]  # fmt: skip

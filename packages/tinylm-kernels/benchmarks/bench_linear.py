@@ -9,8 +9,9 @@ sweep of tiles (``BLOCK_N``, ``BLOCK_K``). As in ``bench_int8_gemv_hbm.py``, eve
 weight copies cycled inside one CUDA graph (no launch overhead, nothing left in L2). Prints a markdown
 table (us per call) and writes ``{"device", "rows"}`` to ``--json``.
 
-``--folds`` times the four products of a decode block (``tinylm.cache.decode_blocks``) instead: q/k/v and
-gate/up with the RMSNorm folded in, o with the residual added, down with SwiGLU and the residual; per product
+``--folds`` times the products of a decode block (``tinylm.cache.decode_blocks``) instead: q/k/v and
+gate/up with the RMSNorm folded in, o with the residual added, down with SwiGLU and the residual, gate/up
+with SwiGLU in the epilogue (``swiglu_out``); per product
 cuBLAS alone (no fold), ours without the fold, ours with it at ``choose_tile``'s tile, and the best of a sweep
 of tiles, warps and pipeline stages with the fold.
 """
@@ -58,6 +59,7 @@ FOLDS = (  # (name, N, K, fold): the products of a decode block of the ~110M mod
     ("q/k/v + norm", 2304, 768, "norm"),
     ("o + residual", 768, 768, "residual"),
     ("gate/up + norm", 4096, 768, "norm"),
+    ("gate/up + swiglu out", 4096, 768, "swiglu_out"),
     ("down + swiglu + residual", 768, 2048, "swiglu,residual"),
 )
 
@@ -66,15 +68,17 @@ def measure_fold(m: int, n: int, k: int, fold: str, copies: int = 40) -> dict:
     """One decode-block product: cuBLAS without the fold, ours without and with it, and the best swept
     (BLOCK_N, BLOCK_K, num_warps, num_stages) with it; us per call, weights from HBM."""
     dev, dt = "cuda", torch.bfloat16
-    swiglu = "swiglu" in fold
+    swiglu, swiglu_out = fold.startswith("swiglu,"), fold == "swiglu_out"
     x = torch.randn(m, 2 * k if swiglu else k, device=dev, dtype=dt)
     plain_x = torch.randn(m, k, device=dev, dtype=dt)
     g = torch.rand(k, device=dev, dtype=dt) + 0.5 if "norm" in fold else None
     r = torch.randn(m, n, device=dev, dtype=dt) if "residual" in fold else None
     weights = [torch.randn(n, k, device=dev, dtype=dt) / k**0.5 for _ in range(copies)]
-    folded = dict(norm_weight=g, eps=1e-6, swiglu=swiglu, residual=r)
+    folded = dict(norm_weight=g, eps=1e-6, swiglu=swiglu, residual=r, swiglu_out=swiglu_out)
     f32 = lambda t: t.float() if t is not None else None  # noqa: E731
-    ref = decode_linear_reference(x.float(), weights[0].float(), None, f32(g), 1e-6, swiglu, f32(r))
+    ref = decode_linear_reference(
+        x.float(), weights[0].float(), None, f32(g), 1e-6, swiglu, f32(r), swiglu_out
+    )
     cublas = us_per_call([lambda w=w: F.linear(plain_x, w) for w in weights])
     plain = us_per_call([lambda w=w: few_row_linear(plain_x, w) for w in weights])
     chosen = choose_tile(m, n, k)

@@ -151,18 +151,20 @@ def test_one_graph_under_compile_with_cuda_graphs(rows, assert_close_f64):
 
 
 @pytest.mark.parametrize(
-    ("dtype", "fold"), [("bf16", ""), ("fp32", ""), ("bf16", "norm"), ("bf16", "swiglu")]
+    ("dtype", "fold"), [("bf16", ""), ("fp32", ""), ("bf16", "norm"), ("bf16", "swiglu"), ("bf16", "glu_out")]
 )
 def test_kernel_compiles_for_hopper(dtype, fold):
     """Triton compiles the kernel for sm_90 without a GPU (ptxas ships with Triton): tensor-core MMA, also
-    with the norm (eps as Inductor passes it, fp64) or SwiGLU folded in and a residual added."""
+    with the norm (eps as Inductor passes it, fp64) or SwiGLU folded in and a residual added, or with the
+    SwiGLU of a gate/up product in the epilogue."""
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     fn = linear_triton._linear_kernel
     constexprs = {"HAS_BIAS": True, "IEEE": dtype == "fp32", "BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_K": 128,
-                  "NORM": fold == "norm", "SWIGLU": fold == "swiglu", "RESIDUAL": fold != ""}  # fmt: skip
+                  "NORM": fold == "norm", "SWIGLU": fold == "swiglu", "RESIDUAL": fold in ("norm", "swiglu"),
+                  "GLU_OUT": fold == "glu_out"}  # fmt: skip
     ptr = f"*{dtype}"
     types = {"Y": "*fp32", "X": ptr, "W": ptr, "B": ptr, "G": ptr, "R": ptr, "eps": "fp64"}
     signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in fn.arg_names}
@@ -201,6 +203,23 @@ def test_decode_linear_matches_float64(backend, device, x_shape, n, dtype, tol, 
     assert_close_f64(y, decode_oracle(x, w, b, g, 1e-5, swiglu, r), 4 * tol, fold)
 
 
+@pytest.mark.parametrize(("x_shape", "n"), [((1, 7), 5), ((3, 300), 17), ((32, 1030), 40)])
+@pytest.mark.parametrize(("dtype", "tol"), DTYPES)
+@pytest.mark.parametrize("norm", [False, True])
+def test_decode_linear_swiglu_out_matches_float64(
+    backend, device, x_shape, n, dtype, tol, norm, assert_close_f64
+):
+    """A fused [gate; up] product with silu(gate) * up in the epilogue (and the input norm folded in)."""
+    x, w, b = inputs(x_shape, 2 * n, dtype, device, True)
+    gen = torch.Generator().manual_seed(n)
+    g = (torch.rand(x_shape[-1], generator=gen) + 0.5).to(device, dtype) if norm else None
+    y = decode_linear(x, w, b, norm_weight=g, eps=1e-5, swiglu_out=True, backend=backend)
+    assert y.dtype == dtype and y.shape == (*x_shape[:-1], n)
+    gu = decode_oracle(x, w, b, g, 1e-5, False, None)
+    gate, up = gu[..., :n], gu[..., n:]
+    assert_close_f64(y, gate * torch.sigmoid(gate) * up, 4 * tol, "swiglu_out")
+
+
 def test_decode_linear_input_errors():
     x, w, _ = inputs((2, 8), 4, torch.float32, "cpu", False)
     with pytest.raises(ValueError, match="norm_weight and swiglu together"):
@@ -209,6 +228,10 @@ def test_decode_linear_input_errors():
         decode_linear(torch.randn(2, 17), w, swiglu=True)
     with pytest.raises(ValueError, match="norm_weight has shape"):
         decode_linear(x, w, norm_weight=torch.ones(7))
+    with pytest.raises(ValueError, match="swiglu_out goes with norm_weight only"):
+        decode_linear(x, w, residual=torch.ones(2, 2), swiglu_out=True)
+    with pytest.raises(ValueError, match="even height"):
+        decode_linear(x, w[:3], swiglu_out=True)
     with pytest.raises(ValueError, match="residual has shape"):
         decode_linear(x, w, residual=torch.ones(2, 5))
     with pytest.raises(ValueError, match="x has 8 features, weight expects 6"):

@@ -43,13 +43,17 @@ def decode_linear_reference(
     eps: float,
     swiglu: bool,
     residual: torch.Tensor | None,
+    swiglu_out: bool = False,
 ) -> torch.Tensor:
-    """``[residual +] F.linear(rms_norm(x) | silu(gate) * up | x, weight, bias)`` in plain PyTorch."""
+    """``[residual +] F.linear(rms_norm(x) | silu(gate) * up | x, weight, bias)`` in plain PyTorch, with
+    ``swiglu_out`` SwiGLU of the product's two halves (``weight`` is ``[gate; up]``)."""
     if swiglu:
         x = swiglu_reference(*x.chunk(2, dim=-1))
     if norm_weight is not None:
         x = rms_norm_reference(x, norm_weight, eps)
     y = F.linear(x, weight, bias)
+    if swiglu_out:
+        y = swiglu_reference(*y.chunk(2, dim=-1))
     return y + residual if residual is not None else y
 
 
@@ -81,13 +85,20 @@ def decode_linear(
     eps: float = 1e-6,
     swiglu: bool = False,
     residual: torch.Tensor | None = None,
+    swiglu_out: bool = False,
     backend: str | None = None,
 ) -> torch.Tensor:
     """``x @ weight.T (+ bias)`` with, optionally, ``x`` first RMS-normalised (``norm_weight``, ``eps``) or
-    taken as SwiGLU of its two halves (``swiglu``: ``x`` is ``[gate | up]``, twice ``weight``'s width), and
-    ``residual`` (..., out) added to the result. Inference only."""
+    taken as SwiGLU of its two halves (``swiglu``: ``x`` is ``[gate | up]``, twice ``weight``'s width),
+    ``residual`` (..., out) added to the result, or (``swiglu_out``) the output taken as SwiGLU of the
+    product's two halves: ``weight`` is ``[gate; up]`` and the output half its height (a fused gate/up
+    product and its activation in one). Inference only."""
     if norm_weight is not None and swiglu:
         raise ValueError("decode_linear: norm_weight and swiglu together are not supported; pick one")
+    if swiglu_out and (swiglu or residual is not None):
+        raise ValueError("decode_linear: swiglu_out goes with norm_weight only, not swiglu or residual")
+    if swiglu_out and weight.shape[0] % 2:
+        raise ValueError(f"decode_linear: swiglu_out needs [gate; up] of even height, got {weight.shape[0]}")
     width = x.shape[-1] // 2 if swiglu else x.shape[-1]
     if swiglu and x.shape[-1] % 2:
         raise ValueError(f"decode_linear: swiglu needs [gate | up] of even width, got {x.shape[-1]}")
@@ -100,7 +111,7 @@ def decode_linear(
             f"{(*x.shape[:-1], weight.shape[0])}"
         )
     fn = dispatch("decode_linear", backend, x.device)
-    return fn(x, weight, bias, norm_weight, float(eps), swiglu, residual)
+    return fn(x, weight, bias, norm_weight, float(eps), swiglu, residual, swiglu_out)
 
 
 class KernelLinear(nn.Linear):

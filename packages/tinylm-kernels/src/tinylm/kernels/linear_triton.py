@@ -39,13 +39,15 @@ STAGE_BYTES = 48 * 1024  # x and W tiles of one pipeline stage (Triton keeps 3 s
 def _linear_kernel(
     Y, X, W, B, G, R, M, N, K, eps, stride_xm, stride_wn, stride_ym, stride_rm,
     HAS_BIAS: tl.constexpr, NORM: tl.constexpr, SWIGLU: tl.constexpr, RESIDUAL: tl.constexpr,
-    IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GLU_OUT: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid_n = tl.program_id(0)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m, mask_n = offs_m < M, offs_n < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # GLU_OUT: W is [gate; up], N outputs of each
     squares = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -63,16 +65,30 @@ def _linear_kernel(
             x = (xf * tl.load(G + offs_k, mask=mask_k, other=0.0).to(tl.float32)[None, :]).to(
                 W.dtype.element_ty
             )
-        w = tl.load(W + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :],
-                    mask=mask_n[:, None] & mask_k[None, :], other=0.0)  # fmt: skip
+        w_ptrs = W + offs_n[:, None].to(tl.int64) * stride_wn + offs_k[None, :]
+        w_mask = mask_n[:, None] & mask_k[None, :]
+        w = tl.load(w_ptrs, mask=w_mask, other=0.0)
         if IEEE:
             acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
         else:
             acc = tl.dot(x, tl.trans(w), acc)
+        if GLU_OUT:
+            w_up = tl.load(w_ptrs + N * stride_wn, mask=w_mask, other=0.0)
+            if IEEE:
+                acc_up = tl.dot(x, tl.trans(w_up), acc_up, input_precision="ieee")
+            else:
+                acc_up = tl.dot(x, tl.trans(w_up), acc_up)
     if NORM:  # eps may come in as float64 from a compiled graph: keep the factor float32
         acc = acc * tl.rsqrt((squares / K + eps).to(tl.float32))[:, None]
+    if NORM and GLU_OUT:
+        acc_up = acc_up * tl.rsqrt((squares / K + eps).to(tl.float32))[:, None]
     if HAS_BIAS:
         acc += tl.load(B + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        if GLU_OUT:
+            acc_up += tl.load(B + N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    if GLU_OUT:  # silu(gate) * up of the two products, each rounded as the plain op rounds it
+        gate = acc.to(Y.dtype.element_ty).to(tl.float32)
+        acc = gate * tl.sigmoid(gate) * acc_up.to(Y.dtype.element_ty).to(tl.float32)
     out_mask = mask_m[:, None] & mask_n[None, :]
     if RESIDUAL:
         acc += tl.load(R + offs_m[:, None] * stride_rm + offs_n[None, :], mask=out_mask, other=0.0).to(
@@ -107,18 +123,23 @@ def few_row_linear(
     eps: float = 1e-6,
     swiglu: bool = False,
     residual: torch.Tensor | None = None,
+    swiglu_out: bool = False,
     num_warps: int | None = None,
     num_stages: int | None = None,
 ) -> torch.Tensor:
     """Launch the kernel: ``x`` (..., K) with at most ``MAX_ROWS`` rows, ``weight`` (N, K) contiguous;
-    ``norm_weight``, ``swiglu`` (``x`` is (..., 2K)) and ``residual`` as in ``decode_linear``.
+    ``norm_weight``, ``swiglu`` (``x`` is (..., 2K)), ``residual`` and ``swiglu_out`` (``weight`` is
+    ``[gate; up]`` (2N, K), the output N wide) as in ``decode_linear``.
 
     ``tile``: ``(BLOCK_M, BLOCK_N, BLOCK_K)`` in place of ``choose_tile``'s; ``num_warps`` /
     ``num_stages`` in place of Triton's defaults (benchmarks sweep them)."""
     n, k = weight.shape
+    n = n // 2 if swiglu_out else n
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     m = x2.shape[0]
-    block_m, block_n, block_k = tile or choose_tile(m, n, k, x.element_size())
+    block_m, block_n, block_k = tile or choose_tile(m, 2 * n if swiglu_out else n, k, x.element_size())
+    while swiglu_out and block_k > 16 and (block_m + 2 * block_n) * block_k * x.element_size() > STAGE_BYTES:
+        block_k //= 2  # two weight tiles per stage
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     r = residual.reshape(m, n).contiguous() if residual is not None else y  # y: a placeholder pointer
     options = {key: v for key, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v is not None}
@@ -126,7 +147,8 @@ def few_row_linear(
         y, x2, weight, bias if bias is not None else y, norm_weight if norm_weight is not None else y, r,
         m, n, k, eps, x2.stride(0), weight.stride(0), y.stride(0), r.stride(0),
         HAS_BIAS=bias is not None, NORM=norm_weight is not None, SWIGLU=swiglu, RESIDUAL=residual is not None,
-        IEEE=x.dtype == torch.float32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, **options,
+        GLU_OUT=swiglu_out, IEEE=x.dtype == torch.float32,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, **options,
     )  # fmt: skip
     return y.reshape(*x.shape[:-1], n)
 
@@ -147,15 +169,16 @@ if HAS_TRITON and not INTERPRETED:
         eps: float,
         swiglu: bool,
         residual: torch.Tensor | None,
+        swiglu_out: bool,
     ) -> torch.Tensor:
-        return few_row_linear(x, weight, bias, None, norm_weight, eps, swiglu, residual)
+        return few_row_linear(x, weight, bias, None, norm_weight, eps, swiglu, residual, swiglu_out)
 
     _run, _run_decode = _few_row_linear_op, _few_row_decode_linear_op
 else:
     _run = few_row_linear
 
-    def _run_decode(x, weight, bias, norm_weight, eps, swiglu, residual):
-        return few_row_linear(x, weight, bias, None, norm_weight, eps, swiglu, residual)
+    def _run_decode(x, weight, bias, norm_weight, eps, swiglu, residual, swiglu_out):
+        return few_row_linear(x, weight, bias, None, norm_weight, eps, swiglu, residual, swiglu_out)
 
 
 def _kernel_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -196,10 +219,11 @@ def decode_linear_triton(
     eps: float,
     swiglu: bool,
     residual: torch.Tensor | None,
+    swiglu_out: bool = False,
 ) -> torch.Tensor:
     """The kernel with the norm / SwiGLU / residual folded in, where ``linear_triton`` takes the inputs; the
     reference (the plain ops in sequence) otherwise."""
     if not _kernel_takes(x, weight):
-        return decode_linear_reference(x, weight, bias, norm_weight, eps, swiglu, residual)
+        return decode_linear_reference(x, weight, bias, norm_weight, eps, swiglu, residual, swiglu_out)
     c = lambda t: t.contiguous() if t is not None else None  # noqa: E731
-    return _run_decode(x, weight.contiguous(), c(bias), c(norm_weight), eps, swiglu, c(residual))
+    return _run_decode(x, weight.contiguous(), c(bias), c(norm_weight), eps, swiglu, c(residual), swiglu_out)
