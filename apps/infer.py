@@ -6,8 +6,7 @@ The checkpoint directory holds model.safetensors + config.json (tinylm-core) and
 quantized, sliding_window, ...); ``--engine FILE`` serves every line of FILE as a prompt through the
 continuous-batching engine. ``--quant SCHEME`` quantizes the model (tinylm-quant; a directory written by
 ``save_quantized`` loads as saved). ``--fast`` decodes greedily with fused projections, a static cache and
-one CUDA graph per token (tinylm.cache.fast_decode; int8_weight_only_gemv models: prepare_int8_decode).
-Errors are one line on stderr with a non-zero exit code.
+one CUDA graph per token (tinylm.cache.fast_decode; int8 GEMV: prepare_int8_decode). Errors: one line.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from tinylm.cache import serve_prompts
+from tinylm.cache.decode_blocks import FOLDS
 from tinylm.cache.fast_decode import fast_greedy, parse_inductor_options
 from tinylm.core import CACHES, CheckpointError
 from tinylm.core.data import load_tokenizer
@@ -28,6 +28,7 @@ from tinylm.quant import SCHEMES, load_model
 from tinylm.quant.gemv import prepare_int8_decode
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models"
+FAST_DEFAULTS = {"steps_per_graph": 1, "decode_attention": "sdpa", "decode_blocks": None}  # without --fast
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="--fast: a torch._inductor.config setting, e.g. combo_kernels=True (repeatable)",
     )
     p.add_argument("--decode-attention", default="sdpa", help="--fast: sdpa, math, kernel, kernel_rope")
+    p.add_argument("--decode-blocks", choices=FOLDS, help="--fast: fold small ops into each block's products")
     media = p.add_mutually_exclusive_group()  # captioners (tinylm-mm): --ckpt <train run dir>/captioner
     media.add_argument("--image", help="caption this image file (greedy) with a tinylm-mm captioner")
     media.add_argument("--audio", help="caption this WAV file (greedy) with a tinylm-mm captioner")
@@ -117,11 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             args.cache, config=model.config, batch_size=1, max_seq_len=len(ids) + args.max_new_tokens,
             device=device, dtype=next(model.parameters()).dtype,
         )  # fmt: skip
-        fast_only = args.steps_per_graph != 1 or args.inductor_option or args.decode_attention != "sdpa"
-        if fast_only and not args.fast:
-            raise ValueError("--steps-per-graph, --inductor-option and --decode-attention need --fast")
-        fast = dict(steps_per_graph=args.steps_per_graph, decode_attention=args.decode_attention,
-                    inductor_options=parse_inductor_options(args.inductor_option))  # fmt: skip
+        fast = {k: getattr(args, k) for k in ("steps_per_graph", "decode_attention", "decode_blocks")}
+        if (fast != FAST_DEFAULTS or args.inductor_option) and not args.fast:
+            raise ValueError("--steps-per-graph, --inductor-option and --decode-* need --fast")
+        fast["inductor_options"] = parse_inductor_options(args.inductor_option)
         steps = fast_greedy(model, torch.tensor([ids]), args.max_new_tokens, **fast) if args.fast else stream(
             model, torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
             top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_tokens=[tok.eos_id],

@@ -87,9 +87,16 @@ def test_fast_decoding_options(capsys):
     assert capsys.readouterr().out == standard
     assert infer.main([*GREEDY, "--fast", "--decode-attention", "kernel_rope"]) == 0
     assert capsys.readouterr().out == standard
+    for folds in ("epilogue", "prologue"):  # decode blocks: the same greedy text
+        assert (
+            infer.main([*GREEDY, "--fast", "--decode-blocks", folds, "--decode-attention", "kernel_rope"])
+            == 0
+        )
+        assert capsys.readouterr().out == standard, folds
     for bad, says in [
         (["--steps-per-graph", "4"], "need --fast"),
         (["--decode-attention", "kernel"], "need --fast"),
+        (["--decode-blocks", "epilogue"], "need --fast"),
         (["--fast", "--decode-attention", "flash"], "decode_attention must be one of"),
         (["--fast", "--steps-per-graph", "0"], "steps_per_graph must be >= 1"),
         (["--fast", "--inductor-option", "combo_kernels"], "is KEY=VALUE, got 'combo_kernels'"),

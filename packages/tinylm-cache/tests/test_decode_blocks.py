@@ -10,6 +10,7 @@ import torch
 from tinylm.cache import StaticCache
 from tinylm.cache.conformance import tiny_model
 from tinylm.cache.decode_blocks import FOLDS, DecodeFusedBlock, fuse_decode_blocks
+from tinylm.cache.fast_decode import fast_greedy
 from tinylm.cache.static import static_greedy_generate
 from tinylm.core.fusion import fuse_projections
 from tinylm.core.generate import generate
@@ -74,3 +75,19 @@ def test_ineligible_blocks_are_left_alone(overrides, fuse) -> None:
 def test_unknown_folds_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown folds 'both'; choose one of epilogue, prologue"):
         fuse_decode_blocks(tiny_model(), "both")
+
+
+@pytest.mark.parametrize("folds", FOLDS)
+def test_fast_greedy_with_decode_blocks_gives_the_greedy_tokens(folds) -> None:
+    model = tiny_model()
+    ids = torch.randint(0, 97, (2, 5), generator=torch.Generator().manual_seed(3))
+    ref = generate(model, ids, 6, temperature=0.0, use_cache=False)[:, 5:]
+    fast = copy.deepcopy(model)
+    tokens = torch.stack(list(fast_greedy(fast, ids, 6, decode_blocks=folds)), dim=1)
+    assert torch.equal(tokens, ref)
+    assert all(type(b) is DecodeFusedBlock and b.decode_folds == folds for b in fast.layers)
+
+
+def test_fast_greedy_says_when_no_block_can_be_fused() -> None:
+    with pytest.raises(ValueError, match="no block of this model can be fused"):
+        fast_greedy(tiny_model(mlp="geglu"), torch.ones(1, 3, dtype=torch.long), 2, decode_blocks="epilogue")

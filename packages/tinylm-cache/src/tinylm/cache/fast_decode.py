@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from tinylm.cache.decode_blocks import fuse_decode_blocks
 from tinylm.cache.static import StaticCache, decode_step, model_cache_shape
 from tinylm.core.fusion import fuse_projections
 from tinylm.core.generate import check_context
@@ -254,6 +255,7 @@ def fast_greedy(
     steps_per_graph: int = 1,
     inductor_options: dict[str, Any] | None = None,
     decode_attention: str = "sdpa",
+    decode_blocks: str | None = None,
 ) -> Iterator[torch.Tensor]:
     """The whole recipe in one call: fuse the projections (unless the model is quantized, which keeps them
     apart), a static cache for ``input_ids`` ``(B, P)`` + ``max_new_tokens``, the compiled step on a GPU
@@ -262,7 +264,9 @@ def fast_greedy(
     the host is the bottleneck: small models). ``inductor_options``: as in ``compile_greedy_step`` (e.g.
     ``{"combo_kernels": True}``, a gain at 110M batch 1 on an H100, BENCHMARKS 7d). ``decode_attention``:
     the static cache's (``"kernel"``, the Triton decode kernel, pays at batch 32, BENCHMARKS 7e;
-    ``"kernel_rope"`` also rotates and writes the cache in that kernel, 7g)."""
+    ``"kernel_rope"`` also rotates and writes the cache in that kernel, 7g). ``decode_blocks``:
+    fold small ops into the blocks' products (``tinylm.cache.decode_blocks``, ``"epilogue"`` or
+    ``"prologue"``; ``"epilogue"`` with ``"kernel_rope"`` ran 110M batch 32 at 1.06-1.10x, 7h)."""
     if steps_per_graph < 1:
         raise ValueError(f"steps_per_graph must be >= 1, got {steps_per_graph}")
     check_inductor_options(inductor_options)  # here too: off a GPU the step is not compiled
@@ -271,6 +275,11 @@ def fast_greedy(
         fuse_projections(model)
     except TypeError:
         pass  # quantized or wrapped projections: decoded as they are
+    if decode_blocks is not None and fuse_decode_blocks(model, decode_blocks) == 0:
+        raise ValueError(
+            "decode_blocks: no block of this model can be fused (needs pre-norm RMSNorm + SwiGLU)"
+        )
+    prefer = {"decode_linear": "triton"} if decode_blocks is not None else None
     param = next(model.parameters())
     b, p = input_ids.shape
     cuda, k = param.device.type == "cuda", steps_per_graph
@@ -279,10 +288,14 @@ def fast_greedy(
     cache.mark_static_addresses()
     ids = input_ids.to(param.device)
     if k > 1:
-        options = {"cudagraphs": False, "inductor_options": inductor_options}
+        options = {"cudagraphs": False, "inductor_options": inductor_options, "prefer": prefer}
         step = compile_greedy_step(param.device, **options) if cuda else greedy_step
         graphed = GraphedGreedySteps(model, cache, k, step)
         graphed.capture()
         return graphed_greedy_stream(model, ids, max_new_tokens, graphed)
-    step = compile_greedy_step(param.device, inductor_options=inductor_options) if cuda else greedy_step
+    step = (
+        compile_greedy_step(param.device, inductor_options=inductor_options, prefer=prefer)
+        if cuda
+        else greedy_step
+    )
     return fast_greedy_stream(model, ids, max_new_tokens, step, cache)
