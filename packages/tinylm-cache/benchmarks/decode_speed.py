@@ -217,7 +217,7 @@ def graphed_run(m, model, ids, args, k: int, prefer: dict | None = None, rows: i
 
 def quant_variants(model, ids, args) -> list[tuple[str, object]]:
     from tinylm.quant import quantize
-    from tinylm.quant.gemv import fold_rms_norms
+    from tinylm.quant.gemv import NormInt8GemvLinear, fold_rms_norms
 
     out = []
     # (scheme, variant): the int8 GEMV scheme runs with int8_linear's torch backend (the default of the fast
@@ -228,6 +228,8 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
     jobs += [(s, "Triton GEMV") for s in gemv if "triton_gemv" not in args.skip]
     jobs += [(s, "F.linear form") for s in gemv if args.int8_linear_form]
     jobs += [(s, f"RMSNorm folded into {sites}") for s in gemv for sites in args.int8_fold_norms]
+    pdl = [(s, f"RMSNorm folded into {sites}, PDL") for s in gemv for sites in args.int8_fold_norms]
+    jobs += pdl if args.int8_pdl else []
     for scheme, variant in jobs:
         m = copy.deepcopy(model)
         fuse_projections(m)
@@ -235,8 +237,12 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
             quantize(m, scheme)
         prefer = {"int8_linear": "triton"} if variant == "Triton GEMV" else {}
         if variant.startswith("RMSNorm folded"):
-            fold_rms_norms(m, tuple(variant.removeprefix("RMSNorm folded into ").split(",")))
+            sites = variant.removeprefix("RMSNorm folded into ").removesuffix(", PDL")
+            fold_rms_norms(m, tuple(sites.split(",")))
             prefer = {"rms_norm_int8_linear": "triton"}
+            for module in m.modules():  # the folded GEMVs as the PDL-launched op (on a GPU)
+                if isinstance(module, NormInt8GemvLinear):
+                    module.pdl = variant.endswith(", PDL")
         c = static_cache(model, ids, args, args.decode_attention)
         options = parse_inductor_options(args.fast_options)
         step = compile_greedy_step(ids.device, prefer=prefer, inductor_options=options)
@@ -316,6 +322,12 @@ def main() -> None:
         default=[],
         help="with --quant int8_weight_only_gemv: a row with the RMSNorms folded into the int8 GEMVs of "
         "these sites (attn, mlp; tinylm.quant.gemv.fold_rms_norms); repeatable",
+    )
+    ap.add_argument(
+        "--int8-pdl",
+        action="store_true",
+        help="each --int8-fold-norms row once more with the folded GEMVs launched with programmatic "
+        "dependent launch (tinylm-kernels int8_gemv_pdl; Hopper)",
     )
     ap.add_argument("--graph-steps", default="", help="rows with k steps per CUDA graph, e.g. 8,32")
     ap.add_argument("--profile", default="", help="kernel table for rows whose label contains this text")

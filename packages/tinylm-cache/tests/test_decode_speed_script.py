@@ -47,11 +47,12 @@ def test_every_row_runs_and_agrees_with_the_eager_decoder(tmp_path):
 @pytest.mark.slow
 def test_int8_rows_run_and_agree_with_the_eager_decoder(tmp_path):
     """The --quant rows: bf16, int8 through the compiled reduction, int8 compiled as F.linear, and int8 with
-    the RMSNorms folded into the GEMVs (on CPU: the op's reference backend)."""
+    the RMSNorms folded into the GEMVs (on CPU: the op's reference backend), also marked for PDL launches
+    (which on CPU fall back to the same reference)."""
     pytest.importorskip("tinylm.quant", reason="the --quant rows need tinylm-quant (a workspace member)")
     args = ("--device cpu --quant int8_weight_only_gemv --quant-model quick --new-tokens 6 --repeats 1 "
             "--skip triton_gemv --int8-linear-form --int8-fold-norms mlp --int8-fold-norms mlp,attn "
-            "--graph-steps 2").split()  # fmt: skip
+            "--graph-steps 2 --int8-pdl").split()  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, str(BENCH / "decode_speed.py"), *args, "--workloads", "", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
@@ -59,7 +60,8 @@ def test_int8_rows_run_and_agree_with_the_eager_decoder(tmp_path):
     rows = json.loads((tmp_path / "decode_speed.json").read_text())["rows"]
     base = "fast+fused {}, sdpa attention"
     graphed = base + ", 2 steps per CUDA graph"
-    variants = ["", " (F.linear form)", " (RMSNorm folded into mlp)", " (RMSNorm folded into mlp,attn)"]
+    variants = ["", " (F.linear form)", " (RMSNorm folded into mlp)", " (RMSNorm folded into mlp,attn)",
+                " (RMSNorm folded into mlp, PDL)", " (RMSNorm folded into mlp,attn, PDL)"]  # fmt: skip
     assert [r["row"] for r in rows] == [
         base.format("bf16"),
         graphed.format("bf16"),
@@ -72,3 +74,4 @@ def test_int8_rows_run_and_agree_with_the_eager_decoder(tmp_path):
     # k steps per CUDA graph run the same steps as one step per call
     assert agree[2] == agree[4], agree
     assert agree[0::2] == agree[1::2], agree
+    assert agree[-4:] == agree[-8:-4], agree  # the PDL rows compute what the folded rows do

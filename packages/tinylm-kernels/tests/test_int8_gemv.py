@@ -139,16 +139,17 @@ def test_rms_norm_int8_linear_errors():
 
 
 @pytest.mark.parametrize("eps_type", ["fp32", "fp64"])
-@pytest.mark.parametrize("norm", [False, True])
-def test_kernel_compiles_for_hopper(eps_type, norm):
+@pytest.mark.parametrize(("norm", "pdl"), [(False, False), (True, False), (True, True)])
+def test_kernel_compiles_for_hopper(eps_type, norm, pdl):
     """Triton compiles the GEMV for sm_90 without a GPU, with the norm folded in or not, and with ``eps`` as
-    Triton passes it (fp32) and as a compiled graph may (fp64)."""
+    Triton passes it (fp32) and as a compiled graph may (fp64); with ``PDL`` the kernel waits on the
+    previous grid first and lets the next one launch (``griddepcontrol``)."""
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     fn = int8_gemv_triton._int8_gemv_kernel
-    constexprs = {"HAS_BIAS": True, "NORM": norm, "BLOCK_N": 4, "BLOCK_K": 512}
+    constexprs = {"HAS_BIAS": True, "NORM": norm, "BLOCK_N": 4, "BLOCK_K": 512, "PDL": pdl}
     types = {name: "*bf16" for name in ("Y", "X", "S", "B", "G")}
     types.update(W="*i8", eps=eps_type)
     signature = {n: "constexpr" if n in constexprs else types.get(n, "i32") for n in fn.arg_names}
@@ -156,3 +157,40 @@ def test_kernel_compiles_for_hopper(eps_type, norm):
                     constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})  # fmt: skip
     ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
     assert ("rsqrt" in ptx) == norm and "ld.global" in ptx
+    assert ("griddepcontrol.wait" in ptx) == pdl and ("griddepcontrol.launch_dependents" in ptx) == pdl
+
+
+def test_pdl_op_shapes_and_availability():
+    """The PDL op's fake (meta) implementation gives the output shape; off Hopper it says why not."""
+    x = torch.empty(1, 3, 64, device="meta", dtype=torch.bfloat16)
+    w, s = torch.empty(40, 64, device="meta", dtype=torch.int8), torch.empty(40, device="meta")
+    y = int8_gemv_triton.int8_gemv_pdl(x, w, s, None, torch.empty(64, device="meta"), 1e-6)
+    assert y.shape == (1, 3, 40) and y.dtype == torch.bfloat16
+    if not int8_gemv_triton.pdl_available():
+        assert int8_gemv_triton.why_pdl_unavailable().startswith("needs ")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not int8_gemv_triton.pdl_available(), reason="needs Hopper and compiled Triton")
+@pytest.mark.parametrize("norm", [False, True])
+def test_pdl_op_matches_float64_eager_and_in_a_compiled_cuda_graph(norm, assert_close_f64):
+    """Launched with PDL after and before other kernels: eager, and compiled (fullgraph, CUDA graphs) over
+    replays with changing inputs, against the float64 oracle."""
+    x, w, scale, b = inputs((1, 768), 2304, torch.bfloat16, "cuda", True)
+    g = (torch.rand(768, generator=torch.Generator().manual_seed(0)) + 0.5).to("cuda", torch.bfloat16)
+    g = g if norm else None
+
+    def expected(x):
+        xd = x.double()
+        if norm:
+            xd = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-5) * g.double()
+        return oracle(xd, w, scale, b)
+
+    def step(x):
+        return int8_gemv_triton.int8_gemv_pdl(x * 2.0, w, scale, b, g, 1e-5) + 1.0
+
+    assert_close_f64(step(x), expected(2.0 * x) + 1.0, 2e-2, "eager")
+    compiled = torch.compile(step, fullgraph=True, mode="reduce-overhead")
+    for i in range(3):
+        x.normal_()
+        assert_close_f64(compiled(x).clone(), expected(2.0 * x) + 1.0, 2e-2, f"replay {i}")

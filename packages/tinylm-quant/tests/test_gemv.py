@@ -102,3 +102,21 @@ def test_fuse_int8_projections_is_exact_and_prepare_folds(tiny, ids):
     with torch.no_grad():
         torch.testing.assert_close(q(ids).logits, before, rtol=1e-4, atol=1e-4)
     assert fuse_int8_projections(tiny()) == 0  # float projections: core's fuse_projections does those
+
+
+def test_prepare_with_pdl_marks_the_folded_gemvs_or_says_why_not(tiny, ids):
+    from tinylm.kernels.int8_gemv_triton import pdl_available
+    from tinylm.quant.gemv import NormInt8GemvLinear, prepare_int8_decode
+
+    q = quantize(tiny(), "int8_weight_only_gemv")
+    if not pdl_available():
+        with pytest.raises(RuntimeError, match=r"prepare_int8_decode\(pdl=True\): .*needs "):
+            prepare_int8_decode(copy.deepcopy(q), pdl=True)
+    prepare_int8_decode(q)
+    marked = copy.deepcopy(q)
+    folded = [m for m in marked.modules() if isinstance(m, NormInt8GemvLinear)]
+    assert folded and not any(m.pdl for m in folded)
+    for m in folded:  # marked by hand: on CPU tensors the modules decode through the dispatched op
+        m.pdl = True
+    with torch.no_grad():
+        torch.testing.assert_close(marked(ids).logits, q(ids).logits, rtol=0, atol=0)

@@ -48,7 +48,10 @@ TUNE_CONFIGS = ((4, 512, 4), (4, 1024, 4), (4, 2048, 8))
 def _int8_gemv_kernel(
     Y, X, W, S, B, G, N, K, eps, stride_xm, stride_wn, stride_ym,
     HAS_BIAS: tl.constexpr, NORM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):  # fmt: skip
+    if PDL:  # launched early (programmatic dependent launch): wait for the previous kernel's writes
+        tl.extra.cuda.gdc_wait()
     pid_n = tl.program_id(0)
     m = tl.program_id(1).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -67,6 +70,8 @@ def _int8_gemv_kernel(
             tl.float32
         )  # (BLOCK_N, BLOCK_K)
         acc += tl.sum(w * x[None, :], axis=1)
+    if PDL:  # the next kernel may launch now; it waits for this one's writes itself
+        tl.extra.cuda.gdc_launch_dependents()
     acc = acc * tl.load(S + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     if NORM:  # eps may come in as float64 from a compiled graph: keep the product float32
         acc = acc * tl.rsqrt((tl.sum(squares, axis=0) / K + eps).to(tl.float32))
@@ -90,9 +95,11 @@ def int8_gemv(
     bias: torch.Tensor | None = None,
     norm_weight: torch.Tensor | None = None,
     eps: float = 1e-6,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """Launch the GEMV kernel: ``x`` (..., K) with few rows, ``weight`` int8 (N, K), ``scale`` (N,); with
-    ``norm_weight`` (K,) the product is taken with ``rms_norm(x, norm_weight, eps)`` in place of ``x``."""
+    ``norm_weight`` (K,) the product is taken with ``rms_norm(x, norm_weight, eps)`` in place of ``x``.
+    ``pdl``: launch with programmatic dependent launch (Hopper and newer, see ``int8_gemv_pdl``)."""
     n, k = weight.shape
     x2 = x.reshape(-1, k).contiguous()
     weight, scale = weight.contiguous(), scale.contiguous()
@@ -101,7 +108,9 @@ def int8_gemv(
     if x2.shape[0] > 0 and n > 0:
         args = (y, x2, weight, scale, bias if bias is not None else scale, g, n, k, eps, x2.stride(0),
                 weight.stride(0), y.stride(0))  # fmt: skip
-        flags = {"HAS_BIAS": bias is not None, "NORM": norm_weight is not None}
+        flags = {"HAS_BIAS": bias is not None, "NORM": norm_weight is not None, "PDL": pdl}
+        if pdl:
+            flags["launch_pdl"] = True
         rows = x2.shape[0]
         if _tuned_kernel is not None:
             _tuned_kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), rows)](*args, **flags)
@@ -148,3 +157,51 @@ def rms_norm_int8_linear_triton(
     if rows > GEMV_MAX_ROWS or not kernels_take("rms_norm_int8_linear", x=x, scale=scale):
         return rms_norm_int8_linear_reference(x, norm_weight, eps, weight, scale, bias)
     return int8_gemv(x, weight, scale, bias, norm_weight, eps)
+
+
+def pdl_available() -> bool:
+    """Programmatic dependent launch can run here: compiled Triton and a CUDA device of compute capability
+    9.0 or newer (Hopper)."""
+    return (
+        HAS_TRITON
+        and not INTERPRETED
+        and torch.cuda.is_available()
+        and torch.cuda.get_device_capability()[0] >= 9
+    )
+
+
+def why_pdl_unavailable() -> str:
+    """Why ``pdl_available()`` is False ('' when it is True)."""
+    if not HAS_TRITON or INTERPRETED:
+        return "needs compiled Triton (not installed, or TRITON_INTERPRET=1)"
+    if not torch.cuda.is_available():
+        return "needs a CUDA device"
+    if torch.cuda.get_device_capability()[0] < 9:
+        return f"needs compute capability 9.0 or newer, this GPU has {torch.cuda.get_device_capability()}"
+    return ""
+
+
+@torch.library.custom_op("tinylm::int8_gemv_pdl", mutates_args=(), device_types="cuda")
+def int8_gemv_pdl(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """``int8_gemv`` launched with programmatic dependent launch, as an opaque custom op.
+
+    With PDL a kernel is launched while the one before it finishes and waits (``gdc_wait``) for that
+    kernel's writes before reading anything, so the launch latency between two dependent kernels overlaps
+    the first one's tail: 3.34 -> 2.66 us per GEMV in a chain of 48 on an H100 (BENCHMARKS 5,
+    ``benchmarks/bench_gemm_floor.py``). Inductor launches its own kernels so with ``triton.enable_pdl``;
+    a user kernel traced into the graph cannot be, since torch 2.11 cannot analyse the ``gdc`` intrinsics
+    (it then takes every input as mutated and the step loses its CUDA graph). As an opaque op the kernel
+    keeps the graph (the op is captured like any other) at the price of Inductor's view into it."""
+    return int8_gemv(x, weight, scale, bias, norm_weight, eps, pdl=True)
+
+
+@int8_gemv_pdl.register_fake
+def _int8_gemv_pdl_fake(x, weight, scale, bias, norm_weight, eps):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))

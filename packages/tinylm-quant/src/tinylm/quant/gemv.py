@@ -25,8 +25,8 @@ from tinylm.core.components.blocks import PreNormBlock
 from tinylm.core.components.mlp import GatedMLP
 from tinylm.core.components.norms import RMSNorm
 from tinylm.core.fusion import projection_groups
-from tinylm.kernels import int8_gemv_triton as _int8_gemv_triton  # noqa: F401  (registers the backend)
 from tinylm.kernels.int8_gemv import check_int8_linear_inputs
+from tinylm.kernels.int8_gemv_triton import GEMV_MAX_ROWS, int8_gemv_pdl, pdl_available, why_pdl_unavailable
 from tinylm.kernels.registry import dispatch
 
 
@@ -62,7 +62,13 @@ def swap_to_gemv(model: nn.Module, names: list[str]) -> None:
 
 
 class NormInt8GemvLinear(Int8GemvLinear):
-    """``Int8GemvLinear`` applied to ``rms_norm(x, norm_weight, eps)``: the norm in front of it, folded in."""
+    """``Int8GemvLinear`` applied to ``rms_norm(x, norm_weight, eps)``: the norm in front of it, folded in.
+
+    ``pdl = True``: on a CUDA device, up to ``GEMV_MAX_ROWS`` rows go to tinylm-kernels' ``int8_gemv_pdl``
+    (the Triton GEMV launched with programmatic dependent launch, an opaque op) instead of the dispatched
+    ``rms_norm_int8_linear``; set by ``prepare_int8_decode(..., pdl=True)``."""
+
+    pdl: bool = False
 
     def __init__(
         self,
@@ -77,6 +83,9 @@ class NormInt8GemvLinear(Int8GemvLinear):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pdl and x.is_cuda and x.numel() // x.shape[-1] <= GEMV_MAX_ROWS:
+            g, s = self.norm_weight.to(x.dtype), self.scale.to(x.dtype)
+            return int8_gemv_pdl(x, self.qweight, s, self.bias, g, self.eps)
         fn = dispatch("rms_norm_int8_linear", None, x.device)
         return fn(x, self.norm_weight.to(x.dtype), self.eps, self.qweight, self.scale.to(x.dtype), self.bias)
 
@@ -131,8 +140,20 @@ def fuse_int8_projections(model: nn.Module) -> int:
     return fused
 
 
-def prepare_int8_decode(model: nn.Module, fold: tuple[str, ...] = ("attn", "mlp")) -> dict[str, int]:
+def prepare_int8_decode(
+    model: nn.Module, fold: tuple[str, ...] = ("attn", "mlp"), pdl: bool = False
+) -> dict[str, int]:
     """Ready a model quantized with ``int8_weight_only_gemv`` for fast decoding, in place: fuse its int8
     q/k/v and gate/up (``fuse_int8_projections``), then fold the RMSNorms of ``fold`` into them
-    (``fold_rms_norms``). Returns ``{"fused": ..., "folded": ...}``. A transform for decoding: save first."""
-    return {"fused": fuse_int8_projections(model), "folded": fold_rms_norms(model, fold)}
+    (``fold_rms_norms``). ``pdl``: the folded GEMVs launch with programmatic dependent launch
+    (``NormInt8GemvLinear.pdl``; Hopper or newer). Returns ``{"fused": ..., "folded": ...}``. A transform
+    for decoding: save first."""
+    if pdl and not pdl_available():
+        raise RuntimeError(
+            f"prepare_int8_decode(pdl=True): programmatic dependent launch {why_pdl_unavailable()}"
+        )
+    counts = {"fused": fuse_int8_projections(model), "folded": fold_rms_norms(model, fold)}
+    for module in model.modules():
+        if isinstance(module, NormInt8GemvLinear):
+            module.pdl = pdl
+    return counts
