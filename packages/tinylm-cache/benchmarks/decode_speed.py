@@ -39,6 +39,7 @@ import json
 import re
 import statistics
 import sys
+import textwrap
 import time
 import traceback
 from pathlib import Path
@@ -261,6 +262,34 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
     return out
 
 
+def plot_rows(rows: list[dict], device: str, path: Path) -> None:
+    """A bar per row (tokens/s, log scale) with each round as a dot, labels wrapped; nothing without
+    matplotlib. Also ``python -c`` on a saved ``decode_speed.json`` to redraw it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    ok = [r for r in rows if "tokens_per_s" in r]
+    labels = [textwrap.fill(f"{r['model']} b{r['batch']}: {r['row']}", 60) for r in ok][::-1]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig, ax = plt.subplots(figsize=(12, 0.3 * lines + 0.4 * len(ok) + 1.5))
+    ax.barh(labels, [r["tokens_per_s"] for r in ok][::-1], color="tab:blue", alpha=0.7, label="median")
+    for y, r in enumerate(ok[::-1]):
+        rounds = r.get("rounds_tokens_per_s", [])
+        ax.plot(rounds, [y] * len(rounds), "k.", label="rounds" if y == 0 and rounds else None)
+    ax.set_xscale("log")
+    ax.set_xlabel("decode tokens/s (log)")
+    ax.set_title(f"greedy decode, static cache, {device}")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="decode_speed_out")
@@ -408,23 +437,7 @@ def main() -> None:
             per_round = ", ".join(f"{x:,.0f}" for x in r["rounds_tokens_per_s"])
             print(f"| {r['model']} | {r['batch']} | {r['row']} | {per_round} | "
                   f"{statistics.median(v):.2f}x | {min(v):.2f}-{max(v):.2f}x |")  # fmt: skip
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        ok = [r for r in rows if "tokens_per_s" in r]
-        fig, ax = plt.subplots(figsize=(9, 0.4 * len(ok) + 1.5))
-        labels = [f"{r['model']} b{r['batch']}: {r['row']}" for r in ok]
-        ax.barh(labels[::-1], [r["tokens_per_s"] for r in ok][::-1])
-        ax.set_xscale("log")
-        ax.set_xlabel("decode tokens/s (log)")
-        ax.set_title(f"greedy decode, static cache, {env['device']}")
-        fig.tight_layout()
-        fig.savefig(out_dir / "decode_speed.png", dpi=110)
-    except ImportError:
-        pass
+    plot_rows(rows, env["device"], out_dir / "decode_speed.png")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ a model's plain linears for it (inference: the op has no backward).
 ``decode_linear`` is the same product with the small ops around a decode step's projections folded in:
 an RMSNorm of the input (``norm_weight``: the pre-norm before q/k/v and gate/up), SwiGLU of a fused
 gate/up input (``swiglu``: the input of the down projection) and a residual added to the output
-(``residual``: after the o and down projections). A pre-norm block's decode step is then four such
-products and its attention, instead of nine or so kernels. Its torch backend is the composition of the
-plain ops (what Inductor fuses on its own), the Triton one does it in the few-row kernel.
+(``residual``: after the o and down projections), or SwiGLU of a fused gate/up product's two halves
+(``swiglu_out``: in the epilogue). Measured at 32 rows (BENCHMARKS 7h), the epilogue folds cost 0.2-0.7 us
+and save a kernel; the prologue folds are repeated by every program over all rows and cost more than the
+kernel they save. Its torch backend is the composition of the plain ops (what Inductor fuses on its own),
+the Triton one does it in the few-row kernel.
 Registered ops: ``linear``, ``decode_linear`` (import ``tinylm.kernels.linear_triton`` for the kernel).
 """
 
