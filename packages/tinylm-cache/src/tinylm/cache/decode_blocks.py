@@ -56,21 +56,22 @@ class DecodeFusedBlock(PreNormBlock):
     def forward(self, x: torch.Tensor, ctx: Any) -> torch.Tensor:
         if self.training:
             return super().forward(x, ctx)
-        linear = dispatch("decode_linear", None, x.device)  # compiled code guards on the choice
-        a, m, n1, n2 = self.attn, self.mlp, self.attn_norm, self.mlp_norm
+        fn = dispatch("decode_linear", None, x.device)  # compiled code guards on the choice
+
+        def linear(x, proj, norm=None, swiglu=False, residual=None, swiglu_out=False):
+            eps = norm.eps if norm is not None else 0.0
+            g = norm.weight if norm is not None else None
+            return fn(x, proj.weight, proj.bias, g, eps, swiglu, residual, swiglu_out)
+
+        a, m = self.attn, self.mlp
         if self.decode_folds == "epilogue":
-            q, k, v = a.split_qkv(a.qkv_proj(n1(x)))
-            h = linear(
-                a.attend_heads(q, k, v, ctx), a.o_proj.weight, a.o_proj.bias, None, 0.0, False, x, False
-            )
-            act = linear(n2(h), m.gate_up_proj.weight, m.gate_up_proj.bias, None, 0.0, False, None, True)
-            return h + m.down_proj(act)
-        q, k, v = a.split_qkv(
-            linear(x, a.qkv_proj.weight, a.qkv_proj.bias, n1.weight, n1.eps, False, None, False)
-        )
-        h = linear(a.attend_heads(q, k, v, ctx), a.o_proj.weight, a.o_proj.bias, None, 0.0, False, x, False)
-        gu = linear(h, m.gate_up_proj.weight, m.gate_up_proj.bias, n2.weight, n2.eps, False, None, False)
-        return linear(gu, m.down_proj.weight, m.down_proj.bias, None, 0.0, True, h, False)
+            q, k, v = a.split_qkv(a.qkv_proj(self.attn_norm(x)))
+            h = linear(a.attend_heads(q, k, v, ctx), a.o_proj, residual=x)
+            return h + m.down_proj(linear(self.mlp_norm(h), m.gate_up_proj, swiglu_out=True))
+        q, k, v = a.split_qkv(linear(x, a.qkv_proj, norm=self.attn_norm))
+        h = linear(a.attend_heads(q, k, v, ctx), a.o_proj, residual=x)
+        gu = linear(h, m.gate_up_proj, norm=self.mlp_norm)
+        return linear(gu, m.down_proj, swiglu=True, residual=h)
 
 
 def _eligible(block: nn.Module) -> bool:
