@@ -218,7 +218,7 @@ def graphed_run(m, model, ids, args, k: int, prefer: dict | None = None, rows: i
 
 def quant_variants(model, ids, args) -> list[tuple[str, object]]:
     from tinylm.quant import quantize
-    from tinylm.quant.gemv import NormInt8GemvLinear, fold_rms_norms
+    from tinylm.quant.gemv import fold_rms_norms
 
     out = []
     # (scheme, variant): the int8 GEMV scheme runs with int8_linear's torch backend (the default of the fast
@@ -239,11 +239,8 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
         prefer = {"int8_linear": "triton"} if variant == "Triton GEMV" else {}
         if variant.startswith("RMSNorm folded"):
             sites = variant.removeprefix("RMSNorm folded into ").removesuffix(", PDL")
-            fold_rms_norms(m, tuple(sites.split(",")))
+            fold_rms_norms(m, tuple(sites.split(",")), pdl=variant.endswith(", PDL"))
             prefer = {"rms_norm_int8_linear": "triton"}
-            for module in m.modules():  # the folded GEMVs as the PDL-launched op (on a GPU)
-                if isinstance(module, NormInt8GemvLinear):
-                    module.pdl = variant.endswith(", PDL")
         c = static_cache(model, ids, args, args.decode_attention)
         options = parse_inductor_options(args.fast_options)
         step = compile_greedy_step(ids.device, prefer=prefer, inductor_options=options)

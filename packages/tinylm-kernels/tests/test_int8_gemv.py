@@ -170,6 +170,16 @@ def test_pdl_op_shapes_and_availability():
         assert int8_gemv_triton.why_pdl_unavailable().startswith("needs ")
 
 
+def test_pdl_function_takes_the_reference_where_the_kernel_does_not(assert_close_f64):
+    """Off the GPU (and for a prefill's many rows) ``rms_norm_int8_linear_pdl`` is the reference."""
+    for rows in (1, GEMV_MAX_ROWS + 1):
+        x, w, scale, b = inputs((rows, 64), 24, torch.float32, "cpu", True)
+        g = torch.rand(64, generator=torch.Generator().manual_seed(rows)) + 0.5
+        y = int8_gemv_triton.rms_norm_int8_linear_pdl(x, g, 1e-5, w, scale, b)
+        xd = x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + 1e-5) * g.double()
+        assert_close_f64(y, oracle(xd, w, scale, b), 1e-5, f"{rows} rows")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not int8_gemv_triton.pdl_available(), reason="needs Hopper and compiled Triton")
 @pytest.mark.parametrize("norm", [False, True])

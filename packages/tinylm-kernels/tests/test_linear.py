@@ -79,6 +79,9 @@ def test_tile_choice():
     assert choose_tile(32, 768, 2048) == (32, 16, 256)
     assert choose_tile(33, 32000, 768) == (64, 64, 64)
     assert choose_tile(3, 40, 70) == (16, 32, 128)
+    # swiglu_out streams two weight tiles per stage: float32 at 16 rows then needs the narrower K step
+    assert choose_tile(16, 4096, 768, 4) == (16, 32, 256)
+    assert choose_tile(16, 4096, 768, 4, weight_tiles=2) == (16, 32, 128)
     for m in (1, 16, 33, 64):  # every tile's pipeline stage fits shared memory, float32 included
         for element_size in (2, 4):
             bm, bn, bk = choose_tile(m, 4096, 4096, element_size)

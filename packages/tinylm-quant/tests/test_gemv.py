@@ -106,17 +106,23 @@ def test_fuse_int8_projections_is_exact_and_prepare_folds(tiny, ids):
 
 def test_prepare_with_pdl_marks_the_folded_gemvs_or_says_why_not(tiny, ids):
     from tinylm.kernels.int8_gemv_triton import pdl_available
-    from tinylm.quant.gemv import NormInt8GemvLinear, prepare_int8_decode
+    from tinylm.quant.gemv import (
+        NormInt8GemvLinear,
+        fold_rms_norms,
+        fuse_int8_projections,
+        prepare_int8_decode,
+    )
 
     q = quantize(tiny(), "int8_weight_only_gemv")
     if not pdl_available():
         with pytest.raises(RuntimeError, match=r"prepare_int8_decode\(pdl=True\): .*needs "):
             prepare_int8_decode(copy.deepcopy(q), pdl=True)
-    prepare_int8_decode(q)
     marked = copy.deepcopy(q)
-    folded = [m for m in marked.modules() if isinstance(m, NormInt8GemvLinear)]
+    prepare_int8_decode(q)
+    folded = [m for m in q.modules() if isinstance(m, NormInt8GemvLinear)]
     assert folded and not any(m.pdl for m in folded)
-    for m in folded:  # marked by hand: on CPU tensors the modules decode through the dispatched op
-        m.pdl = True
-    with torch.no_grad():
+    fuse_int8_projections(marked)  # fold_rms_norms marks without prepare_int8_decode's GPU check
+    assert fold_rms_norms(marked, pdl=True) == len(folded)
+    assert all(m.pdl for m in marked.modules() if isinstance(m, NormInt8GemvLinear))
+    with torch.no_grad():  # on CPU tensors the marked modules decode through the dispatched op
         torch.testing.assert_close(marked(ids).logits, q(ids).logits, rtol=0, atol=0)

@@ -205,3 +205,21 @@ def int8_gemv_pdl(
 @int8_gemv_pdl.register_fake
 def _int8_gemv_pdl_fake(x, weight, scale, bias, norm_weight, eps):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def rms_norm_int8_linear_pdl(
+    x: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``rms_norm_int8_linear_triton`` with the GEMV launched through ``int8_gemv_pdl`` where the kernel
+    takes the inputs (as there; CUDA tensors, a Hopper GPU: ``pdl_available()``, checked by the caller once,
+    not per call), the reference otherwise."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    takes = rows <= GEMV_MAX_ROWS and kernels_take("rms_norm_int8_linear", x=x, scale=scale)
+    if not (takes and x.is_cuda):
+        return rms_norm_int8_linear_reference(x, norm_weight, eps, weight, scale, bias)
+    return int8_gemv_pdl(x, weight, scale, bias, norm_weight, eps)

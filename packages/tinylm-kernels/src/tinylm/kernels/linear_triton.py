@@ -98,15 +98,16 @@ def _linear_kernel(
     tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=out_mask)
 
 
-def choose_tile(m: int, n: int, k: int, element_size: int = 2) -> tuple[int, int, int]:
+def choose_tile(m: int, n: int, k: int, element_size: int = 2, weight_tiles: int = 1) -> tuple[int, int, int]:
     """``(BLOCK_M, BLOCK_N, BLOCK_K)`` for ``m`` rows of ``(n, k)``: the H100 winners of bench_linear.py
     (thin output tiles, a wide ``K`` step; wider output tiles for a vocabulary-sized head), with the ``K``
-    step narrowed where one pipeline stage of the ``x`` and ``W`` tiles would pass ``STAGE_BYTES`` (float32
-    at 64 rows: three stages of 256-wide tiles need more shared memory than an SM has)."""
+    step narrowed where one pipeline stage of the ``x`` and ``weight_tiles`` ``W`` tiles (2 with
+    ``swiglu_out``) would pass ``STAGE_BYTES`` (float32 at 64 rows: three stages of 256-wide tiles need more
+    shared memory than an SM has)."""
     block_m = max(16, next_power_of_2(m))
     block_n = 64 if n >= 16384 else 32 if m <= 16 and k <= 1024 else 16
     block_k = 64 if n >= 16384 else min(256, max(16, next_power_of_2(k)))
-    while block_k > 16 and (block_m + block_n) * block_k * element_size > STAGE_BYTES:
+    while block_k > 16 and (block_m + weight_tiles * block_n) * block_k * element_size > STAGE_BYTES:
         block_k //= 2
     return block_m, block_n, block_k
 
@@ -137,9 +138,8 @@ def few_row_linear(
     n = n // 2 if swiglu_out else n
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     m = x2.shape[0]
-    block_m, block_n, block_k = tile or choose_tile(m, 2 * n if swiglu_out else n, k, x.element_size())
-    while swiglu_out and block_k > 16 and (block_m + 2 * block_n) * block_k * x.element_size() > STAGE_BYTES:
-        block_k //= 2  # two weight tiles per stage
+    tiles = 2 if swiglu_out else 1
+    block_m, block_n, block_k = tile or choose_tile(m, tiles * n, k, x.element_size(), tiles)
     y = torch.empty((m, n), device=x.device, dtype=x.dtype)
     r = residual.reshape(m, n).contiguous() if residual is not None else y  # y: a placeholder pointer
     options = {key: v for key, v in (("num_warps", num_warps), ("num_stages", num_stages)) if v is not None}

@@ -26,7 +26,7 @@ from tinylm.core.components.mlp import GatedMLP
 from tinylm.core.components.norms import RMSNorm
 from tinylm.core.fusion import projection_groups
 from tinylm.kernels.int8_gemv import check_int8_linear_inputs
-from tinylm.kernels.int8_gemv_triton import GEMV_MAX_ROWS, int8_gemv_pdl, pdl_available, why_pdl_unavailable
+from tinylm.kernels.int8_gemv_triton import pdl_available, rms_norm_int8_linear_pdl, why_pdl_unavailable
 from tinylm.kernels.registry import dispatch
 
 
@@ -64,9 +64,9 @@ def swap_to_gemv(model: nn.Module, names: list[str]) -> None:
 class NormInt8GemvLinear(Int8GemvLinear):
     """``Int8GemvLinear`` applied to ``rms_norm(x, norm_weight, eps)``: the norm in front of it, folded in.
 
-    ``pdl = True``: on a CUDA device, up to ``GEMV_MAX_ROWS`` rows go to tinylm-kernels' ``int8_gemv_pdl``
-    (the Triton GEMV launched with programmatic dependent launch, an opaque op) instead of the dispatched
-    ``rms_norm_int8_linear``; set by ``prepare_int8_decode(..., pdl=True)``."""
+    ``pdl = True``: on a CUDA device, tinylm-kernels' ``rms_norm_int8_linear_pdl`` (the Triton GEMV
+    launched with programmatic dependent launch, an opaque op) instead of the dispatched
+    ``rms_norm_int8_linear``; set by ``fold_rms_norms(..., pdl=True)``."""
 
     pdl: bool = False
 
@@ -83,24 +83,23 @@ class NormInt8GemvLinear(Int8GemvLinear):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pdl and x.is_cuda and x.numel() // x.shape[-1] <= GEMV_MAX_ROWS:
-            g, s = self.norm_weight.to(x.dtype), self.scale.to(x.dtype)
-            return int8_gemv_pdl(x, self.qweight, s, self.bias, g, self.eps)
-        fn = dispatch("rms_norm_int8_linear", None, x.device)
+        pdl = self.pdl and x.is_cuda
+        fn = rms_norm_int8_linear_pdl if pdl else dispatch("rms_norm_int8_linear", None, x.device)
         return fn(x, self.norm_weight.to(x.dtype), self.eps, self.qweight, self.scale.to(x.dtype), self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", RMSNorm folded in (eps={self.eps})"
 
 
-def fold_rms_norms(model: nn.Module, sites: tuple[str, ...] = ("attn", "mlp")) -> int:
+def fold_rms_norms(model: nn.Module, sites: tuple[str, ...] = ("attn", "mlp"), pdl: bool = False) -> int:
     """Move each pre-norm block's RMSNorm into the int8 projection it feeds; returns how many moved.
 
     ``sites``: ``"attn"`` (the norm before a fused ``qkv_proj``), ``"mlp"`` (before a fused ``gate_up_proj``).
     Only exact ``PreNormBlock`` / ``Attention`` / ``GatedMLP`` with an ``RMSNorm`` and an ``Int8GemvLinear``
     projection qualify, since there the norm's output feeds that projection alone; the norm becomes
     ``nn.Identity``. Apply after ``fuse_projections`` and quantizing with ``int8_weight_only_gemv``; like
-    fusing, it is a transform for decoding (save the model before it).
+    fusing, it is a transform for decoding (save the model before it). ``pdl``: the folded GEMVs launch
+    with programmatic dependent launch on a GPU (``NormInt8GemvLinear.pdl``).
     """
     unknown = set(sites) - {"attn", "mlp"}
     if unknown:
@@ -116,6 +115,7 @@ def fold_rms_norms(model: nn.Module, sites: tuple[str, ...] = ("attn", "mlp")) -
             if type(norm) is not RMSNorm or type(sub) is not kind or type(proj) is not Int8GemvLinear:
                 continue
             folded = NormInt8GemvLinear(proj.qweight, proj.scale, proj.bias, norm.weight, norm.eps)
+            folded.pdl = pdl
             setattr(sub, proj_name, folded)
             setattr(block, norm_name, nn.Identity())
             moved += 1
@@ -152,8 +152,4 @@ def prepare_int8_decode(
         raise RuntimeError(
             f"prepare_int8_decode(pdl=True): programmatic dependent launch {why_pdl_unavailable()}"
         )
-    counts = {"fused": fuse_int8_projections(model), "folded": fold_rms_norms(model, fold)}
-    for module in model.modules():
-        if isinstance(module, NormInt8GemvLinear):
-            module.pdl = pdl
-    return counts
+    return {"fused": fuse_int8_projections(model), "folded": fold_rms_norms(model, fold, pdl)}
