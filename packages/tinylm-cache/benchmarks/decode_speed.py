@@ -252,7 +252,8 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
             with compiled_reduction_rows(rows):
                 return fast_greedy_generate(m, ids, n, s, c)
 
-        out.append((label + (f" ({variant})" if variant else ""), run))
+        if "quant_step" not in args.skip or not args.graph_steps:  # quant_step: only the k-step rows
+            out.append((label + (f" ({variant})" if variant else ""), run))
         for k in args.graph_steps:  # the same model, k steps per CUDA-graph replay: no host time per step
             tag = f"{label}, {k} steps per CUDA graph" + (f" ({variant})" if variant else "")
             out.append((tag, graphed_run(m, model, ids, args, k, prefer, rows)))
@@ -297,7 +298,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (--workloads quick:1)")
     ap.add_argument("--quant", default="", help="comma-separated tinylm-quant schemes (batch 1)")
     ap.add_argument("--quant-model", default="110M", help="the model of the --quant rows")
-    rows = "previous,notune,opaque,fast,fused,math,kernel,autotune,triton_gemv,int8_reduction"
+    rows = "previous,notune,opaque,fast,fused,math,kernel,autotune,triton_gemv,int8_reduction,quant_step"
     ap.add_argument("--skip", default="", help=f"rows to leave out, any of {rows}")
     ap.add_argument(
         "--decode-attention",
