@@ -118,9 +118,12 @@ def test_prepare_with_pdl_marks_the_folded_gemvs_or_says_why_not(tiny, ids):
         with pytest.raises(RuntimeError, match=r"prepare_int8_decode\(pdl=True\): .*needs "):
             prepare_int8_decode(copy.deepcopy(q), pdl=True)
     marked = copy.deepcopy(q)
-    prepare_int8_decode(q)
+    plain = copy.deepcopy(q)
+    prepare_int8_decode(q)  # PDL where it can run: the default
     folded = [m for m in q.modules() if isinstance(m, NormInt8GemvLinear)]
-    assert folded and not any(m.pdl for m in folded)
+    assert folded and all(m.pdl == pdl_available() for m in folded)
+    prepare_int8_decode(plain, pdl=False)
+    assert not any(m.pdl for m in plain.modules() if isinstance(m, NormInt8GemvLinear))
     fuse_int8_projections(marked)  # fold_rms_norms marks without prepare_int8_decode's GPU check
     assert fold_rms_norms(marked, pdl=True) == len(folded)
     assert all(m.pdl for m in marked.modules() if isinstance(m, NormInt8GemvLinear))
