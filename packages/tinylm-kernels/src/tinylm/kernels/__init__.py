@@ -34,6 +34,7 @@ from tinylm.kernels.swiglu import swiglu, swiglu_reference
 from tinylm.kernels import (  # noqa: F401
     cross_entropy_triton,
     decode_attention_triton,
+    int4_gemv_triton,
     int8_gemv_triton,
     linear_triton,
     rms_norm_cuda,
