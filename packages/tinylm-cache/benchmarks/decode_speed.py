@@ -20,7 +20,8 @@ such row once more with every projection and the head on tinylm-kernels' few-row
 ``--graph-steps``: ``k`` steps of the fused model per CUDA-graph replay (``GraphedGreedySteps``), two
 ablations, and ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
 ``--quant``: the fused fast decoder on the model quantized with each scheme (tinylm-quant), against the
-bf16 fused fast row (``int8_weight_only_gemv`` also with the Triton GEMV, ``--int8-linear-form`` with
+bf16 fused fast row (``int8_weight_only_gemv`` and ``int4_weight_only_gemv`` also with the Triton
+GEMV, ``--int8-linear-form`` with
 the int8 product compiled as ``F.linear`` on the converted weight and, ``--int8-fold-norms mlp,attn``, with
 the RMSNorms folded into the Triton int8 GEMVs they feed; with ``--graph-steps``, each of them also k steps
 per CUDA graph). ``--fast-options``: Inductor settings
@@ -226,7 +227,7 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
     # hand-written Triton GEMV, and with --int8-linear-form, as F.linear on the converted weight
     jobs = [(s, "") for s in ["none", *args.quant] if s == "none" or "int8_reduction" not in args.skip]
     gemv = [s for s in args.quant if s == "int8_weight_only_gemv"]
-    jobs += [(s, "Triton GEMV") for s in gemv if "triton_gemv" not in args.skip]
+    jobs += [(s, "Triton GEMV") for s in args.quant if s.endswith("_gemv") and "triton_gemv" not in args.skip]
     jobs += [(s, "F.linear form") for s in gemv if args.int8_linear_form]
     jobs += [(s, f"RMSNorm folded into {sites}") for s in gemv for sites in args.int8_fold_norms]
     pdl = [(s, f"RMSNorm folded into {sites}, PDL") for s in gemv for sites in args.int8_fold_norms]
@@ -236,7 +237,8 @@ def quant_variants(model, ids, args) -> list[tuple[str, object]]:
         fuse_projections(m)
         if scheme != "none":
             quantize(m, scheme)
-        prefer = {"int8_linear": "triton"} if variant == "Triton GEMV" else {}
+        op = "int4_linear" if scheme.startswith("int4") else "int8_linear"
+        prefer = {op: "triton"} if variant == "Triton GEMV" else {}
         if variant.startswith("RMSNorm folded"):
             sites = variant.removeprefix("RMSNorm folded into ").removesuffix(", PDL")
             fold_rms_norms(m, tuple(sites.split(",")), pdl=variant.endswith(", PDL"))

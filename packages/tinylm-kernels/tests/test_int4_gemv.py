@@ -81,7 +81,9 @@ def test_torch_backend_compiled_is_a_fused_reduction_for_few_rows(x_shape, n, as
     for dtype, tol in [*DTYPES, (torch.float64, 1e-10)]:
         x, q, packed, scale, b = inputs(x_shape, n, 16, dtype, "cpu", True)
         torch._dynamo.reset()
-        f = torch.compile(int4_linear_reference, backend=lambda gm, _: graphs.append(gm) or gm, fullgraph=True)
+        f = torch.compile(
+            int4_linear_reference, backend=lambda gm, _: graphs.append(gm) or gm, fullgraph=True
+        )
         assert_close_f64(f(x, packed, scale, b), oracle(x, q, scale, b), tol, f"compiled {dtype}")
     ops = {str(node.target) for node in graphs[-1].graph.nodes}
     rows = x.numel() // x.shape[-1]
@@ -91,7 +93,9 @@ def test_torch_backend_compiled_is_a_fused_reduction_for_few_rows(x_shape, n, as
 
 def test_dequantize_and_input_errors():
     x, q, packed, scale, _ = inputs((2, 8), 4, 4, torch.float32, "cpu", False)
-    torch.testing.assert_close(dequantize_int4(packed, scale, torch.float32), q * scale.repeat_interleave(4, 1))
+    torch.testing.assert_close(
+        dequantize_int4(packed, scale, torch.float32), q * scale.repeat_interleave(4, 1)
+    )
     with pytest.raises(TypeError, match="2-D uint8"):
         int4_linear(x, q, scale)
     with pytest.raises(ValueError, match="x has 7 features"):

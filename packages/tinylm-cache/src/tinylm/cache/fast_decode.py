@@ -37,7 +37,13 @@ from tinylm.core.fusion import fuse_projections
 from tinylm.core.generate import check_context
 from tinylm.kernels import preferring
 
-FUSABLE = {"rms_norm": "torch", "rope": "torch", "swiglu": "torch", "int8_linear": "torch"}
+FUSABLE = {
+    "rms_norm": "torch",
+    "rope": "torch",
+    "swiglu": "torch",
+    "int8_linear": "torch",
+    "int4_linear": "torch",
+}
 
 
 def greedy_step(model: Any, cache: StaticCache, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Packed int4 weight-only linear: ``y = x @ W.T (+ bias)`` with ``W[n, k] = (q[n, k] - 8) * scale[n, k // G]``.
+"""Packed int4 weight-only linear: ``y = x @ W.T (+ bias)``, ``W[n, k] = (q[n, k] - 8) * scale[n, k // G]``.
 
 The weight is stored two values per byte, with no padding: ``packed`` uint8 ``(N, K / 2)`` holds column
 ``2j`` in its low nibble and ``2j + 1`` in its high nibble, each as ``q`` in ``0..15`` (the signed int4 value
@@ -24,7 +24,8 @@ from tinylm.kernels.registry import dispatch, register_backend
 
 
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """Pack int4 values ``q`` (``(N, K)`` integers in ``-8..7``, ``K`` even) two per byte: ``(N, K / 2)`` uint8."""
+    """Pack int4 values ``q`` (``(N, K)`` integers in ``-8..7``, ``K`` even) two per byte: ``(N, K / 2)``
+    uint8."""
     if q.dim() != 2 or q.shape[1] % 2:
         raise ValueError(f"pack_int4: need a 2-D tensor with an even number of columns, got {tuple(q.shape)}")
     if q.numel() and (q.min() < -8 or q.max() > 7):
@@ -51,7 +52,8 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtyp
 def int4_linear_reference(
     x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``F.linear(x, dequantize_int4(packed, scale)) (+ bias)``; a fused reduction when compiled for few rows."""
+    """``F.linear(x, dequantize_int4(packed, scale)) (+ bias)``; a fused reduction when compiled for few
+    rows."""
     rows = x.numel() // max(x.shape[-1], 1)
     if torch.compiler.is_compiling() and rows <= int8_gemv.REDUCTION_MAX_ROWS:
         acc = torch.promote_types(x.dtype, torch.float32)

@@ -75,7 +75,8 @@ if HAS_TRITON and not INTERPRETED:
 def int4_gemv(
     x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Launch the GEMV kernel: ``x`` (..., K) with few rows, ``packed`` uint8 (N, K / 2), ``scale`` (N, K / G)."""
+    """Launch the GEMV kernel: ``x`` (..., K) with few rows, ``packed`` uint8 (N, K / 2), ``scale``
+    (N, K / G)."""
     n, k = packed.shape[0], 2 * packed.shape[1]
     x2 = x.reshape(-1, k).contiguous()
     packed, scale = packed.contiguous(), scale.contiguous()
@@ -103,7 +104,8 @@ def int4_gemv(
 def int4_linear_triton(
     x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The packed int4 GEMV for up to ``GEMV_MAX_ROWS`` rows of ``x``; the reference for more or off-device."""
+    """The packed int4 GEMV for up to ``GEMV_MAX_ROWS`` rows of ``x``; the reference for more rows or
+    off-device."""
     rows = x.numel() // max(x.shape[-1], 1)
     if rows > GEMV_MAX_ROWS or not kernels_take("int4_linear", x=x, scale=scale):
         return int4_linear_reference(x, packed, scale, bias)

@@ -14,6 +14,7 @@ states their requirements, so a CUDA-only scheme fails on CPU with a sentence in
 | ``int8_dynamic_intx8`` | int8 per row (torchao's intx path) | int8 per token, asymmetric | CPU, CUDA |
 | ``int4_weight_only[_gN]`` | int4, 2 per byte, group N (128; _g32, _g64), tinygemm | bf16 | CUDA sm80+ |
 | ``int8_weight_only_gemv`` | as ``int8_weight_only``; tinylm-kernels' fused GEMV | as is | CPU, CUDA |
+| ``int4_weight_only_gemv`` | int4, 2 per byte, unpadded, group 32; tinylm-kernels' GEMV | as is | CPU, CUDA |
 | ``float8`` | float8 e4m3 per row | float8 e4m3 per token, dynamic | CUDA sm89+ (Hopper, Ada) |
 
 ``intx4_*`` and ``int8_dynamic_int4`` have the quality of int4 but the bytes of int8 (torchao keeps
@@ -38,6 +39,7 @@ from torchao.quantization import (
     IntxWeightOnlyConfig,
 )
 from torchao.quantization.granularity import PerAxis, PerGroup, PerRow
+from torchao.quantization.quant_primitives import MappingType
 
 from tinylm.core.registry import QUANT_SCHEMES
 
@@ -195,6 +197,36 @@ register_scheme(
         Int8WeightOnlyConfig,
         "int8_weight_only run by tinylm-kernels' fused int8 GEMV (Triton on CUDA)",
         after=_swap_to_gemv,
+    )
+)
+
+
+def _intx4_symmetric(group_size: int = 32, **options: Any) -> IntxWeightOnlyConfig:
+    if not isinstance(group_size, int) or group_size < 2 or group_size % 2:
+        raise ValueError(
+            f"group_size must be an even integer >= 2 (two int4 values per byte), got {group_size!r}"
+        )
+    return IntxWeightOnlyConfig(
+        weight_dtype=torch.int4,
+        granularity=PerGroup(group_size),
+        mapping_type=MappingType.SYMMETRIC,
+        **options,
+    )
+
+
+def _swap_to_int4_gemv(model: torch.nn.Module, names: list[str]) -> None:
+    from tinylm.quant.int4_gemv import swap_to_int4_gemv
+
+    swap_to_int4_gemv(model, names)
+
+
+register_scheme(
+    QuantScheme(
+        "int4_weight_only_gemv",
+        _intx4_symmetric,
+        "int4 weights group 32 packed two per byte, run by tinylm-kernels' int4 GEMV (Triton on CUDA)",
+        group_size=32,
+        after=_swap_to_int4_gemv,
     )
 )
 register_scheme(
