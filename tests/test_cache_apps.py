@@ -74,6 +74,17 @@ def test_fast_int8_decoding_folds_the_norms_and_matches_the_standard_int8_text(c
     assert prepared and prepared[0]["folded"] > 0 and prepared[0]["fused"] == prepared[0]["folded"]
 
 
+def test_fast_int4_decoding_matches_the_standard_int4_text(capsys):
+    """The packed int4 model decodes the same greedy text eagerly and through the compiled step (where
+    ``int4_linear`` is Inductor's reduction over the packed bytes)."""
+    infer = load_infer()
+    int4 = [*GREEDY, "--quant", "int4_weight_only_gemv"]
+    assert infer.main(int4) == 0
+    standard = capsys.readouterr().out
+    assert infer.main([*int4, "--fast"]) == 0
+    assert capsys.readouterr().out == standard
+
+
 def test_fast_decoding_options(capsys):
     infer = load_infer()
     assert infer.main(GREEDY) == 0
