@@ -21,10 +21,10 @@ such row once more with every projection and the head on tinylm-kernels' few-row
 ablations, and ``plain loop+compile`` (benchmarks/plain_decode_loop.py).
 ``--quant``: the fused fast decoder on the model quantized with each scheme (tinylm-quant), against the
 bf16 fused fast row (``int8_weight_only_gemv`` and ``int4_weight_only_gemv`` also with the Triton
-GEMV, ``--int8-linear-form`` with
-the int8 product compiled as ``F.linear`` on the converted weight and, ``--int8-fold-norms mlp,attn``, with
-the RMSNorms folded into the Triton int8 GEMVs they feed; with ``--graph-steps``, each of them also k steps
-per CUDA graph). ``--fast-options``: Inductor settings
+GEMV, ``--int8-linear-form`` with the int8 product compiled as ``F.linear`` on the converted weight and,
+``--int8-fold-norms mlp,attn``, with the RMSNorms folded into the Triton int8 GEMVs they feed, ``--int8-pdl``
+those GEMVs launched with PDL; with ``--graph-steps``, each of them also k steps per CUDA graph;
+``--skip quant_step``: only those). ``--fast-options``: Inductor settings
 for the k-steps and quant rows. ``--rounds R``:
 every row timed R times, rows interleaved, with per-round ratios to the workload's first row (the card's
 speed drifts by 15-25% within one process on the lent H100s, so compare rows round by round).

@@ -75,3 +75,25 @@ def test_int8_rows_run_and_agree_with_the_eager_decoder(tmp_path):
     assert agree[2] == agree[4], agree
     assert agree[0::2] == agree[1::2], agree
     assert agree[-4:] == agree[-8:-4], agree  # the PDL rows compute what the folded rows do
+
+
+@pytest.mark.slow
+def test_int4_rows_with_only_the_k_step_rows(tmp_path):
+    """``--quant int4_weight_only_gemv --skip quant_step``: bf16 and int4 (the compiled reduction, and the
+    Triton GEMV row, which on CPU takes the reference) at k steps per graph only, each run to completion."""
+    pytest.importorskip("tinylm.quant", reason="the --quant rows need tinylm-quant (a workspace member)")
+    args = ("--device cpu --quant int4_weight_only_gemv --quant-model quick --new-tokens 6 --repeats 1 "
+            "--skip quant_step --graph-steps 2").split()  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(BENCH / "decode_speed.py"), *args, "--workloads", "", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "decode_speed.json").read_text())["rows"]
+    graphed = "fast+fused {}, sdpa attention, 2 steps per CUDA graph"
+    assert [r["row"] for r in rows] == [
+        graphed.format("bf16"),
+        graphed.format("int4_weight_only_gemv"),
+        graphed.format("int4_weight_only_gemv") + " (Triton GEMV)",
+    ]
+    assert all("error" not in r and r["tokens_per_s"] > 0 for r in rows), rows
+    assert rows[1]["agreement_vs_eager_static"] == rows[2]["agreement_vs_eager_static"]  # the same numbers

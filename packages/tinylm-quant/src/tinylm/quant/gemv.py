@@ -13,7 +13,7 @@ further: the RMSNorm in front of a fused q/k/v or gate/up projection moves into 
 unfused (as loaded from a checkpoint) fuses its int8 q/k/v and gate/up with ``fuse_int8_projections``: the
 scales are per output row, so stacking the int8 rows is exact. ``prepare_int8_decode`` does both and, on
 Hopper, launches the folded GEMVs with programmatic dependent launch (measured against bf16 at 110M batch 1,
-16 steps per CUDA graph, on an H100: 1.06-1.30x over four paired runs; without PDL 0.90-1.05x; BENCHMARKS 5).
+16 steps per CUDA graph, on an H100: 1.04-1.30x over five paired runs; without PDL 0.56-1.05x; BENCHMARKS 5).
 """
 
 from __future__ import annotations
