@@ -12,17 +12,22 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+def run_decode_speed(tmp_path: Path, args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Run the script with ``args`` on CPU (output into ``tmp_path``); its process and its JSON rows."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(BENCH / "decode_speed.py"), *args.split(), "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc, json.loads((tmp_path / "decode_speed.json").read_text())["rows"]
+
+
 @pytest.mark.slow
 def test_every_row_runs_and_agrees_with_the_eager_decoder(tmp_path):
     args = ("--device cpu --workloads quick:1 --new-tokens 6 --repeats 1 --graph-steps 4 "
             "--decode-attention kernel,kernel_rope --skip notune,opaque,fast,autotune --rounds 2 "
             "--fast-options combo_kernels=True --inductor combo_kernels=True --linear-kernel "
             "--decode-blocks epilogue,prologue")  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, str(BENCH / "decode_speed.py"), *args.split(), "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads((tmp_path / "decode_speed.json").read_text())["rows"]
+    proc, rows = run_decode_speed(tmp_path, args)
     labels = [r["row"] for r in rows]
     assert labels == [
         "static+compile (previous)", "fast+fused", "fast+fused, math decode attention",
@@ -52,12 +57,8 @@ def test_int8_rows_run_and_agree_with_the_eager_decoder(tmp_path):
     pytest.importorskip("tinylm.quant", reason="the --quant rows need tinylm-quant (a workspace member)")
     args = ("--device cpu --quant int8_weight_only_gemv --quant-model quick --new-tokens 6 --repeats 1 "
             "--skip triton_gemv --int8-linear-form --int8-fold-norms mlp --int8-fold-norms mlp,attn "
-            "--graph-steps 2 --int8-pdl").split()  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, str(BENCH / "decode_speed.py"), *args, "--workloads", "", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads((tmp_path / "decode_speed.json").read_text())["rows"]
+            "--graph-steps 2 --int8-pdl --workloads=")  # fmt: skip
+    _, rows = run_decode_speed(tmp_path, args)
     base = "fast+fused {}, sdpa attention"
     graphed = base + ", 2 steps per CUDA graph"
     variants = ["", " (F.linear form)", " (RMSNorm folded into mlp)", " (RMSNorm folded into mlp,attn)",
@@ -83,12 +84,8 @@ def test_int4_rows_with_only_the_k_step_rows(tmp_path):
     Triton GEMV row, which on CPU takes the reference) at k steps per graph only, each run to completion."""
     pytest.importorskip("tinylm.quant", reason="the --quant rows need tinylm-quant (a workspace member)")
     args = ("--device cpu --quant int4_weight_only_gemv --quant-model quick --new-tokens 6 --repeats 1 "
-            "--skip quant_step --graph-steps 2").split()  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCH), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, str(BENCH / "decode_speed.py"), *args, "--workloads", "", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads((tmp_path / "decode_speed.json").read_text())["rows"]
+            "--skip quant_step --graph-steps 2 --workloads=")  # fmt: skip
+    _, rows = run_decode_speed(tmp_path, args)
     graphed = "fast+fused {}, sdpa attention, 2 steps per CUDA graph"
     assert [r["row"] for r in rows] == [
         graphed.format("bf16"),
